@@ -1,0 +1,299 @@
+"""The audio process: one full-duplex device stream, the two rings, the recorder.
+
+``AudioEngine`` holds the parts and answers the control commands of
+``engine.protocol.AUDIO_COMMANDS``; ``serve`` runs its request/reply loop on a
+ZeroMQ REP socket; ``main`` wires them from the command line::
+
+    python -m engine.audio_process --control ipc:///run/.../audio --rings callctl-123
+
+The process creates and owns the rings ``<prefix>-play`` (agent → speaker)
+and ``<prefix>-cap`` (microphone → agent) and unlinks them when it ends, on
+errors and on SIGTERM too. Its parent may also unlink them by name after a
+SIGKILL. It dies with its parent (``engine.lifeline``).
+
+Threads: the control thread (main) owns the device, the rings' lifecycles and
+the recorder; the device's audio thread runs ``DuplexCallback.process``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from engine import lifeline, protocol
+from engine.bridge import RateBridge
+from engine.callback import DEFAULT_FADE_SECONDS, DuplexCallback, dbfs
+from engine.devices import AudioDevice, DeviceError
+from engine.recorder import CallRecorder
+from engine.ring import SAMPLE_RATE, AudioRing
+
+PLAYBACK_CAPACITY = 1 << 17
+"""Playback ring, frames: 8.2 s at 16 kHz. The agent streams faster than real
+time; what does not fit waits in the agent process."""
+CAPTURE_CAPACITY = 1 << 15
+"""Capture ring, frames: 2 s at 16 kHz of slack for the agent's input thread."""
+
+
+def ring_names(prefix: str) -> tuple[str, str]:
+    """Shared-memory names of the (playback, capture) rings for ``prefix``."""
+    return f"{prefix}-play", f"{prefix}-cap"
+
+
+class AudioEngine:
+    """The audio process's state and commands. Control thread only.
+
+    Owns nothing it is given: the caller closes the device and the rings.
+    """
+
+    def __init__(
+        self,
+        device: AudioDevice,
+        playback: AudioRing,
+        capture: AudioRing,
+        fade_seconds: float = DEFAULT_FADE_SECONDS,
+    ) -> None:
+        self.device = device
+        self.playback = playback
+        self.capture = capture
+        core_period = max(1, device.period_frames * SAMPLE_RATE // device.rate)
+        fade = min(round(fade_seconds * SAMPLE_RATE), core_period)
+        max_core = core_period + 64
+        self.callback = DuplexCallback(playback, capture, max_core, fade_frames=fade)
+        device.set_handler(RateBridge(self.callback.process, device.rate, device.period_frames))
+        self.recording: Path | None = None
+        self._recorder: CallRecorder | None = None
+        self._finalising: list[threading.Thread] = []
+        self.started_at: float | None = None
+        self.last_hangup: dict[str, Any] | None = None
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Answer one validated request."""
+        cmd = request["cmd"]
+        try:
+            if cmd == "status":
+                return self.status()
+            if cmd == "start":
+                return self.start(request.get("record"))
+            if cmd == "flush":
+                return self.flush()
+            if cmd == "hangup":
+                return self.hangup()
+            if cmd == "ping":
+                return protocol.ok(protocol=protocol.PROTOCOL_VERSION)
+            if cmd == "devices":
+                from engine.devices.portaudio import list_devices
+
+                return protocol.ok(devices=list_devices())
+        except (DeviceError, OSError) as exc:
+            return protocol.error(f"{cmd} failed: {exc}")
+        return protocol.error(f"{cmd}: not handled by the audio process")
+
+    def status(self) -> dict[str, Any]:
+        cb = self.callback
+        return protocol.ok(
+            state="running" if self.device.running else "stopped",
+            device=self.device.name,
+            device_rate=self.device.rate,
+            period_frames=self.device.period_frames,
+            rings={"playback": self.playback.name, "capture": self.capture.name},
+            playback_queued=self.playback.available(),
+            levels={"in_dbfs": _round(dbfs(cb.peak_in)), "out_dbfs": _round(dbfs(cb.peak_out))},
+            xruns={"device": cb.device_xruns, "playback_underruns": self.playback.underruns,
+                   "capture_overruns": self.capture.overruns},
+            recording=str(self.recording) if self.recording else None,
+            recording_error=self._recorder.error if self._recorder else None,
+            last_hangup=self.last_hangup,
+        )
+
+    def start(self, record: str | None) -> dict[str, Any]:
+        """Start the stream for a call, optionally recording to ``record`` (a WAV path)."""
+        if self.device.running:
+            return protocol.error("start: the stream is already running")
+        self.callback.rearm()
+        self.playback.flush()  # stream stopped: the control thread is the ring's reader
+        self.capture.flush()
+        if record:
+            self._recorder = CallRecorder(record, self.callback.max_period_frames)
+            self.recording = self._recorder.path
+        else:
+            self._recorder, self.recording = None, None
+        self.callback.recorder = self._recorder
+        self.device.start()
+        self.started_at = time.monotonic()
+        return protocol.ok(started_at=self.started_at, recording=record)
+
+    def flush(self) -> dict[str, Any]:
+        """Barge-in: the callback drops queued playback at its next period; the stream runs on."""
+        if not self.device.running:
+            return protocol.ok(dropped_frames=self.playback.flush())
+        request = self.callback.request_flush()
+        deadline = time.monotonic() + 0.5
+        while not self.callback.flush_done(request) and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        return protocol.ok(dropped_frames=self.callback.last_flush_dropped,
+                           done=self.callback.flush_done(request))
+
+    def hangup(self) -> dict[str, Any]:
+        """Silence from the next period (after the fade), ring zeroed, stream stopped.
+
+        Replies with its own times (``time.monotonic()`` seconds, comparable
+        across processes on Linux): ``received_at``, ``first_silent_at`` (the
+        start of the period that faded to zero), ``stopped_at``.
+        """
+        received = time.monotonic()
+        cb = self.callback
+        was_running = self.device.running
+        if was_running:
+            cb.request_hangup()
+            # Bounded: a stalled device must not stall the hangup.
+            deadline = received + max(0.25, 20 * self.device.period_frames / self.device.rate)
+            while cb.first_silent_at is None and time.monotonic() < deadline:
+                time.sleep(0.0005)
+            self.device.stop()
+        stopped = time.monotonic()
+        silent = cb.first_silent_at if cb.first_silent_at is not None else stopped
+        cb.recorder = None
+        self.playback.flush()
+        recorder, self._recorder = self._recorder, None
+        if recorder is not None:
+            thread = threading.Thread(target=recorder.close, name="finalise-recording")
+            thread.start()
+            self._finalising.append(thread)
+        self.last_hangup = {
+            "received_at": received,
+            "first_silent_at": silent,
+            "stopped_at": stopped,
+            "silent_ms": round((silent - received) * 1000, 2),
+            "stopped_ms": round((stopped - received) * 1000, 2),
+            "was_running": was_running,
+            "recording": str(self.recording) if self.recording else None,
+        }
+        return protocol.ok(**self.last_hangup)
+
+    def close(self) -> None:
+        """Stop the stream and finalise any recording (bounded waits)."""
+        try:
+            self.device.stop()
+        finally:
+            self.callback.recorder = None
+            if self._recorder is not None:
+                self._recorder.close()
+                self._recorder = None
+            for thread in self._finalising:
+                thread.join(timeout=10)
+
+
+def _round(value: float) -> float | None:
+    return None if value == float("-inf") else round(value, 1)
+
+
+def serve(engine: AudioEngine, socket: zmq.Socket, stop: threading.Event | None = None) -> None:
+    """Answer requests on a bound REP ``socket`` until ``shutdown`` (or ``stop`` is set)."""
+    poller = zmq.Poller()
+    poller.register(socket, zmq.POLLIN)
+    while stop is None or not stop.is_set():
+        if not poller.poll(100):
+            continue
+        frame = socket.recv()
+        try:
+            request = protocol.decode_request(frame, protocol.AUDIO_COMMANDS)
+        except protocol.ProtocolError as exc:
+            socket.send(protocol.encode(protocol.error(str(exc))))
+            continue
+        if request["cmd"] == "shutdown":
+            socket.send(protocol.encode(protocol.ok()))
+            return
+        socket.send(protocol.encode(engine.handle(request)))
+
+
+def open_device(args: argparse.Namespace) -> AudioDevice:
+    """The device the command line names: ``virtual``, an index, a name, or the default."""
+    if args.device == "virtual":
+        from engine.devices.virtual import VirtualDevice
+
+        return VirtualDevice(
+            mic=args.mic, speaker=args.speaker, rate=args.virtual_rate,
+            period_frames=round(args.period_ms / 1000 * args.virtual_rate), echo=args.echo,
+        )
+    from engine.devices.portaudio import PortAudioDevice
+
+    return PortAudioDevice(args.device, period_seconds=args.period_ms / 1000, verbose=args.verbose)
+
+
+def parse_echo(text: str) -> tuple[float, float]:
+    """``DELAY_MS:GAIN_DB`` → (seconds, dB), e.g. ``60:-12``."""
+    try:
+        delay, gain = text.split(":")
+        return float(delay) / 1000, float(gain)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--echo wants DELAY_MS:GAIN_DB such as 60:-12, got {text!r}"
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m engine.audio_process",
+        description="callctl's audio process: one full-duplex stream between the device "
+        "and two shared-memory rings, controlled over ZeroMQ.",
+    )
+    p.add_argument("--control", required=True, help="ZeroMQ endpoint to bind (REP)")
+    p.add_argument("--rings", default=None, help="shared-memory name prefix for the rings")
+    p.add_argument("--device", default=None,
+                   help="'virtual', a PortAudio device index or name; default: system default")
+    p.add_argument("--mic", type=Path, help="virtual device: microphone WAV")
+    p.add_argument("--speaker", type=Path, help="virtual device: speaker WAV to write")
+    p.add_argument("--virtual-rate", type=int, default=SAMPLE_RATE,
+                   help="virtual device: its rate in Hz (default 16000)")
+    p.add_argument("--echo", type=parse_echo, default=None,
+                   help="virtual device: echo path DELAY_MS:GAIN_DB (speaker back into mic)")
+    p.add_argument("--period-ms", type=float, default=10.0, help="device period (default 10)")
+    p.add_argument("--fade-ms", type=float, default=5.0,
+                   help="hangup fade, at most 5 ms (default 5)")
+    p.add_argument("--verbose", action="store_true", help="show PortAudio's own messages")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not 0 <= args.fade_ms <= 5:
+        print("audio process: --fade-ms must be between 0 and 5", file=sys.stderr)
+        return 2
+    lifeline.die_with_parent()
+    prefix = args.rings or f"callctl-audio-{lifeline.os.getpid()}"
+    play_name, cap_name = ring_names(prefix)
+    ctx = zmq.Context()
+    socket = ctx.socket(zmq.REP)
+    socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
+    socket.setsockopt(zmq.LINGER, 0)
+    try:
+        with AudioRing.create(PLAYBACK_CAPACITY, play_name) as playback, \
+                AudioRing.create(CAPTURE_CAPACITY, cap_name) as capture:
+            try:
+                device = open_device(args)
+            except (DeviceError, ValueError) as exc:
+                print(f"audio process: {exc}", file=sys.stderr)
+                return 1
+            engine = AudioEngine(device, playback, capture, fade_seconds=args.fade_ms / 1000)
+            try:
+                socket.bind(args.control)
+                serve(engine, socket)
+            finally:
+                engine.close()
+                device.close()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        socket.close(0)
+        ctx.term()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""What the device callback does each period, independent of the device backend.
+
+``DuplexCallback.process(mic, out)`` is called once per device period, at the
+rings' rate (16 kHz; the backend resamples around it). It
+
+* honours a pending barge-in flush or hangup (flags set by the control thread),
+* reads the playback ring into ``out`` (speaker) — or, after a hangup, a fade
+  of at most ``fade_frames`` and then only zeros, flushing the ring every
+  period so nothing the agent writes afterwards can reach the speaker,
+* writes ``mic`` to the capture ring,
+* feeds the recorder and the level meters, and counts device status flags.
+
+Contract (python-sounddevice style): ``process`` runs on the audio thread. It
+takes no lock, never blocks, and allocates nothing beyond numpy scalars. The
+control thread talks to it only through ``request_flush``/``request_hangup``
+(plain attribute stores, atomic under the GIL) and reads its published
+fields (``first_silent_at``, levels, counters).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from engine.recorder import CallRecorder
+from engine.ring import SAMPLE_RATE, AudioRing
+
+DEFAULT_FADE_SECONDS = 0.005
+
+
+def fade_curve(frames: int) -> np.ndarray:
+    """Raised-cosine gains from just below 1 down to exactly 0 (float32, ``frames`` long).
+
+    The last gain is 0.0, so the faded signal meets the silence after it with
+    no step.
+    """
+    if frames <= 0:
+        return np.zeros(0, np.float32)
+    i = np.arange(1, frames + 1, dtype=np.float64)
+    return (0.5 * (1.0 + np.cos(np.pi * i / frames))).astype(np.float32)
+
+
+def dbfs(peak: float) -> float:
+    """Peak int16 magnitude as dBFS (−inf for silence)."""
+    return 20 * math.log10(peak / 32768.0) if peak > 0 else -math.inf
+
+
+class DuplexCallback:
+    """Per-period audio logic between the device and the rings. See module docstring."""
+
+    def __init__(
+        self,
+        playback: AudioRing,
+        capture: AudioRing,
+        max_period_frames: int,
+        fade_frames: int = round(DEFAULT_FADE_SECONDS * SAMPLE_RATE),
+    ) -> None:
+        self.playback = playback
+        self.capture = capture
+        self.recorder: CallRecorder | None = None
+        self._fade = fade_curve(fade_frames)
+        self._fade_buf = np.zeros(len(self._fade), np.float32)
+        self.max_period_frames = max_period_frames
+        # Requests from the control thread: counters the callback catches up with.
+        self._flush_requests = 0
+        self._flush_seen = 0
+        self._hangup = False
+        # Published by the callback.
+        self.silent = False
+        self.first_silent_at: float | None = None
+        self.last_flush_dropped = 0
+        self.periods = 0
+        self.device_xruns = 0
+        self.peak_in = 0
+        self.peak_out = 0
+        self.last_sound_out_at: float | None = None
+
+    # -- control thread ---------------------------------------------------------
+
+    def request_flush(self) -> int:
+        """Ask for a barge-in flush at the next period; returns the request number."""
+        self._flush_requests += 1
+        return self._flush_requests
+
+    def flush_done(self, request: int) -> bool:
+        return self._flush_seen >= request
+
+    def request_hangup(self) -> None:
+        """From the next period: fade, then only silence, ring flushed every period."""
+        self._hangup = True
+
+    def rearm(self) -> None:
+        """Before a new call (stream stopped): clear hangup state and counters."""
+        self._hangup = False
+        self.silent = False
+        self.first_silent_at = None
+        self.last_sound_out_at = None
+        self._flush_seen = self._flush_requests
+
+    # -- audio thread -----------------------------------------------------------
+
+    def process(self, mic: np.ndarray, out: np.ndarray, device_status: int = 0) -> None:
+        """One period: ``mic`` (int16, read-only) in, ``out`` (int16, same length) filled."""
+        self.periods += 1
+        if device_status:
+            self.device_xruns += 1
+        if self._flush_seen != self._flush_requests:
+            self._flush_seen = self._flush_requests
+            self.last_flush_dropped = self.playback.flush()
+
+        if self._hangup:
+            if not self.silent:
+                self._fade_out(out)
+                self.silent = True
+                self.first_silent_at = time.monotonic()
+            else:
+                out[:] = 0
+            self.playback.flush()
+        else:
+            self.playback.read_into(out)
+
+        self.capture.write(mic)
+        recorder = self.recorder
+        if recorder is not None:
+            recorder.feed(mic, out)
+        self.peak_in = max(int(mic.max(initial=0)), -int(mic.min(initial=0)))
+        self.peak_out = max(int(out.max(initial=0)), -int(out.min(initial=0)))
+        if self.peak_out > 33:  # above -60 dBFS
+            self.last_sound_out_at = time.monotonic()
+
+    def _fade_out(self, out: np.ndarray) -> None:
+        """The hangup period: at most ``len(fade)`` frames of faded audio, then zeros."""
+        n = min(len(self._fade), len(out))
+        got = self.playback.read_into(out[:n])
+        if got:
+            buf = self._fade_buf[:n]
+            np.multiply(out[:n], self._fade[:n], out=buf)
+            np.rint(buf, out=buf)
+            out[:n] = buf
+        out[n:] = 0

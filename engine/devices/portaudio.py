@@ -1,0 +1,158 @@
+"""The real device: one full-duplex PortAudio callback stream through PyAudio.
+
+Blocking streams crash PortAudio 19.6 on JACK, so only callback streams are
+used. The stream is opened once (the audio process stays warm across calls)
+and started/stopped per call. ``stop`` uses ``Pa_StopStream``; by then the
+callback has been writing silence, so what it drains is silence.
+
+PortAudio's ALSA/JACK probing chatter on stderr is hidden unless ``verbose``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from engine.bridge import PeriodHandler
+from engine.devices import DeviceError
+from engine.quiet import quiet_stderr
+from engine.ring import SAMPLE_RATE
+
+# Never let PortAudio's JACK backend try to launch a JACK server of its own.
+os.environ.setdefault("JACK_NO_START_SERVER", "1")
+
+
+def list_devices(verbose: bool = False) -> list[dict[str, Any]]:
+    """Every PortAudio device: index, name, input/output channels, default rate."""
+    import pyaudio
+
+    with quiet_stderr(not verbose):
+        pa = pyaudio.PyAudio()
+    try:
+        devices = []
+        for i in range(pa.get_device_count()):
+            info = pa.get_device_info_by_index(i)
+            devices.append({
+                "index": i,
+                "name": str(info["name"]),
+                "inputs": int(info["maxInputChannels"]),
+                "outputs": int(info["maxOutputChannels"]),
+                "default_rate": float(info["defaultSampleRate"]),
+            })
+        return devices
+    finally:
+        pa.terminate()
+
+
+class PortAudioDevice:
+    """A full-duplex mono int16 callback stream on one PortAudio device.
+
+    ``device``: an index, a (case-insensitive, substring) name, or None for
+    the system defaults. Opens at 16 kHz when the device accepts it, else at
+    its default rate (``RateBridge`` resamples).
+    """
+
+    def __init__(
+        self, device: int | str | None = None, period_seconds: float = 0.010, verbose: bool = False
+    ) -> None:
+        import pyaudio
+
+        self._pyaudio = pyaudio
+        with quiet_stderr(not verbose):
+            self._pa = pyaudio.PyAudio()
+        try:
+            in_idx, out_idx, self.name = self._resolve(device)
+            self.rate = self._pick_rate(in_idx, out_idx)
+            self.period_frames = max(16, round(period_seconds * self.rate))
+            self._out = np.zeros(self.period_frames * 4, np.int16)
+            self._handler: PeriodHandler | None = None
+            with quiet_stderr(not verbose):
+                self._stream = self._pa.open(
+                    format=pyaudio.paInt16, channels=1, rate=self.rate,
+                    input=True, output=True,
+                    input_device_index=in_idx, output_device_index=out_idx,
+                    frames_per_buffer=self.period_frames,
+                    stream_callback=self._callback, start=False,
+                )
+        except OSError as exc:
+            self._pa.terminate()
+            raise DeviceError(f"cannot open audio device {device!r}: {exc}") from None
+        except DeviceError:
+            self._pa.terminate()
+            raise
+
+    def _resolve(self, device: int | str | None) -> tuple[int | None, int | None, str]:
+        pa = self._pa
+        count = pa.get_device_count()
+        if count == 0:
+            raise DeviceError("no audio devices found (is a sound server running?)")
+        if device is None:
+            try:
+                name = str(pa.get_default_output_device_info()["name"])
+                pa.get_default_input_device_info()
+            except OSError:
+                raise DeviceError("no default audio input/output device") from None
+            return None, None, name
+        if isinstance(device, int) or device.isdigit():
+            idx = int(device)
+            if not 0 <= idx < count:
+                raise DeviceError(f"no audio device with index {idx} (there are {count})")
+            candidates = [idx]
+        else:
+            wanted = device.lower()
+            names = [str(pa.get_device_info_by_index(i)["name"]) for i in range(count)]
+            exact = [i for i, n in enumerate(names) if n.lower() == wanted]
+            candidates = exact or [i for i, n in enumerate(names) if wanted in n.lower()]
+            if not candidates:
+                raise DeviceError(f"no audio device named {device!r}; see `callctl devices`")
+        for idx in candidates:
+            info = pa.get_device_info_by_index(idx)
+            if int(info["maxInputChannels"]) >= 1 and int(info["maxOutputChannels"]) >= 1:
+                return idx, idx, str(info["name"])
+        raise DeviceError(f"audio device {device!r} cannot both record and play")
+
+    def _pick_rate(self, in_idx: int | None, out_idx: int | None) -> int:
+        pa = self._pa
+        fmt = self._pyaudio.paInt16
+        try:
+            pa.is_format_supported(SAMPLE_RATE, input_device=in_idx, input_channels=1,
+                                   input_format=fmt, output_device=out_idx,
+                                   output_channels=1, output_format=fmt)
+            return SAMPLE_RATE
+        except ValueError:
+            idx = out_idx if out_idx is not None else pa.get_default_output_device_info()["index"]
+            return int(pa.get_device_info_by_index(int(idx))["defaultSampleRate"])
+
+    def _callback(self, in_data: bytes | None, frame_count: int, time_info: Any, status: int
+                  ) -> tuple[bytes, int]:
+        out = self._out[:frame_count]
+        handler = self._handler
+        if handler is None or in_data is None:
+            out[:] = 0
+        else:
+            handler(np.frombuffer(in_data, np.int16), out, status)
+        # Always a full buffer: a short one would count as paComplete.
+        return out.tobytes(), self._pyaudio.paContinue
+
+    @property
+    def running(self) -> bool:
+        return bool(self._stream.is_active())
+
+    def set_handler(self, handler: PeriodHandler) -> None:
+        self._handler = handler
+
+    def start(self) -> None:
+        if not self._stream.is_active():
+            self._stream.start_stream()
+
+    def stop(self) -> None:
+        if not self._stream.is_stopped():
+            self._stream.stop_stream()
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            self._pa.terminate()

@@ -1,0 +1,123 @@
+"""The callctl wire protocol: every message name and field, defined once.
+
+Documented in ``docs/protocol.md``; keep the two in step and bump
+``PROTOCOL_VERSION`` on any incompatible change.
+
+Requests and replies are single-frame JSON objects. A request names its
+command in ``"cmd"``; a reply always carries ``"ok"`` and, when it is false,
+``"error"`` (one line a person can read). Events are multipart
+``[topic, json]``.
+
+``decode_request`` is the one place a frame from outside is trusted: it checks
+size, JSON, object-ness, the command name and every field's type, and raises
+``ProtocolError`` with a one-line message otherwise. Callers turn that into an
+error reply and carry on; a bad frame never disturbs a call.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 64 * 1024
+"""Largest accepted request frame, in bytes; a larger one gets an error reply."""
+MAX_FRAME_BYTES = 1024 * 1024
+"""ZMQ_MAXMSGSIZE on every socket: past this ZeroMQ drops the sender's connection
+unread, so a flood of huge frames cannot exhaust memory."""
+
+
+class ProtocolError(ValueError):
+    """A frame that is not a valid request. ``str()`` is the one-line reason."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """One request field: its JSON type(s) and whether it may be left out."""
+
+    types: tuple[type, ...]
+    required: bool = False
+
+    def describe(self) -> str:
+        names = {bool: "boolean", int: "integer", float: "number", str: "string",
+                 type(None): "null", list: "array", dict: "object"}
+        return " or ".join(names.get(t, t.__name__) for t in self.types)
+
+
+_NUM = (int, float)
+_OPT_STR = (str, type(None))
+
+# -- the audio process's commands (internal: controller -> audio process) -----
+
+AUDIO_COMMANDS: dict[str, dict[str, Field]] = {
+    # {"cmd": "status"} -> {"ok": true, "state": "stopped"|"running", ...}
+    "status": {},
+    # {"cmd": "start", "record": "/path.wav"|null} -> {"ok": true, "started_at": t}
+    "start": {"record": Field(_OPT_STR)},
+    # {"cmd": "flush"} -> {"ok": true, "dropped_frames": n}   (barge-in)
+    "flush": {},
+    # {"cmd": "hangup"} -> {"ok": true, "received_at": t, "first_silent_at": t,
+    #                        "stopped_at": t, ...}
+    "hangup": {},
+    # {"cmd": "devices"} -> {"ok": true, "devices": [...]}
+    "devices": {},
+    # {"cmd": "ping"} -> {"ok": true, "protocol": 1}
+    "ping": {},
+    # {"cmd": "shutdown"} -> {"ok": true}; the process then exits 0
+    "shutdown": {},
+}
+
+
+def decode_request(frame: bytes, commands: dict[str, dict[str, Field]]) -> dict[str, Any]:
+    """Parse and validate one request frame against ``commands``.
+
+    Returns the request object. Raises ``ProtocolError`` (one-line message)
+    for an oversized frame, bad UTF-8 or JSON, a non-object, a missing or
+    unknown ``cmd``, an unknown field, or a field of the wrong type.
+    """
+    if len(frame) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"request too large: {len(frame)} bytes (limit {MAX_MESSAGE_BYTES})")
+    try:
+        msg = json.loads(frame.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"request is not JSON: {str(exc)[:80]}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError(f"request must be a JSON object, got {type(msg).__name__}")
+    cmd = msg.get("cmd")
+    if not isinstance(cmd, str):
+        raise ProtocolError('request needs a "cmd" string')
+    spec = commands.get(cmd)
+    if spec is None:
+        known = ", ".join(sorted(commands))
+        raise ProtocolError(f"unknown command {cmd[:40]!r} (known: {known})")
+    for key, value in msg.items():
+        if key == "cmd":
+            continue
+        field = spec.get(key)
+        if field is None:
+            raise ProtocolError(f"{cmd}: unknown field {key[:40]!r}")
+        # bool is an int in Python; a number field must not take true/false.
+        if isinstance(value, bool) and bool not in field.types:
+            raise ProtocolError(f"{cmd}: field {key!r} must be {field.describe()}")
+        if not isinstance(value, field.types):
+            raise ProtocolError(f"{cmd}: field {key!r} must be {field.describe()}")
+    for key, field in spec.items():
+        if field.required and key not in msg:
+            raise ProtocolError(f"{cmd}: missing field {key!r}")
+    return msg
+
+
+def ok(**fields: Any) -> dict[str, Any]:
+    """A successful reply."""
+    return {"ok": True, **fields}
+
+
+def error(message: str, **fields: Any) -> dict[str, Any]:
+    """A failed reply; ``message`` is one line."""
+    return {"ok": False, "error": message.splitlines()[0] if message else "error", **fields}
+
+
+def encode(msg: dict[str, Any]) -> bytes:
+    """One JSON frame."""
+    return json.dumps(msg, separators=(",", ":")).encode()
