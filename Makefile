@@ -43,7 +43,7 @@ test: setup lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
 demo: setup
-	$(BIN)/python -m bench.demo
+	$(BIN)/callctl demo
 
 bench: setup
 	$(BIN)/python -m bench.run

@@ -69,6 +69,38 @@ AUDIO_COMMANDS: dict[str, dict[str, Field]] = {
 }
 
 
+# -- the agent process's commands (internal: controller -> agent process) -----
+
+AGENT_COMMANDS: dict[str, dict[str, Field]] = {
+    # {"cmd": "ping"} -> {"ok": true, "protocol": 1}
+    "ping": {},
+    # {"cmd": "status"} -> {"ok": true, "state": "standby"|"in_call"|"ending", ...}
+    "status": {},
+    # {"cmd": "start", "agent_id": "...", "rings": "<prefix>", "base_url": URL|null,
+    #  "requires_auth": bool} -> {"ok": true}  (standby -> in_call)
+    "start": {
+        "agent_id": Field((str,), required=True),
+        "rings": Field((str,), required=True),
+        "base_url": Field(_OPT_STR),
+        "requires_auth": Field((bool,)),
+    },
+    # {"cmd": "end"} -> {"ok": true} at once; the process exits when the session has ended
+    "end": {},
+}
+
+# -- events an agent process pushes to its controller (single-frame JSON) -----
+# Every event is {"event": NAME, "t": monotonic seconds, ...fields}.
+
+AGENT_CONVERSATION = "agent.conversation"  # conversation_id, output_format
+AGENT_RESPONSE = "agent.response"  # text: what the agent says
+AGENT_USER_TRANSCRIPT = "agent.user_transcript"  # text: what the service heard
+AGENT_LATENCY = "agent.latency"  # ms
+AGENT_INTERRUPTION = "agent.interruption"  # dropped_frames
+AGENT_DISCONNECT = "agent.disconnect"  # reason, close_code, close_reason, message
+AGENT_ERROR = "agent.error"  # message
+AGENT_ENDED = "agent.ended"  # conversation_id, exit code follows
+
+
 def decode_request(frame: bytes, commands: dict[str, dict[str, Field]]) -> dict[str, Any]:
     """Parse and validate one request frame against ``commands``.
 
