@@ -2,19 +2,39 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 USAGE = """usage: callctl COMMAND [ARGS]
 
 Talk to a voice agent through your microphone and speaker, and hang up at once.
 
-commands:
-  demo           an offline demo: the audio process, a voice, a hangup over ZeroMQ
-  agent-server   run the offline ElevenLabs-compatible agent server
-  devices        list the audio devices PortAudio sees
+calls:
+  call           make a call in the foreground (Enter or Ctrl-C hangs up)
+  serve          run a controller with no call, for scripts and the GUI
+  hangup         end the current call of a running controller
+  status         show a running controller's state and endpoints
+  events         print a running controller's events as they happen
+  devices        list audio devices for --device
 
-`callctl COMMAND --help` explains each one.
+tools:
+  agent-server   run the offline ElevenLabs-compatible agent server
+  demo           an offline demo: a whole call and a hangup over ZeroMQ
+
+`callctl COMMAND --help` explains each one. Scripting: docs/protocol.md.
+exit codes: 0 done, 1 nothing to do or the call failed, 2 no controller or bad usage
 """
+
+COMMANDS = {
+    "call": ("controller.call_command", "main"),
+    "serve": ("controller.serve", "main"),
+    "hangup": ("controller.client", "hangup_main"),
+    "status": ("controller.client", "status_main"),
+    "events": ("controller.client", "events_main"),
+    "devices": ("controller.devices", "main"),
+    "agent-server": ("engine.agent_server.cli", "main"),
+    "demo": ("controller.demo", "main"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,20 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, end="")
         return 0
     command, rest = args[0], args[1:]
-    if command == "demo":
-        from controller import demo
-
-        return demo.main(rest)
-    if command == "agent-server":
-        from engine.agent_server import cli
-
-        return cli.main(rest)
-    if command == "devices":
-        from controller import devices
-
-        return devices.main(rest)
-    print(f"callctl: unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)
-    return 2
+    if command not in COMMANDS:
+        print(f"callctl: unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)
+        return 2
+    module, function = COMMANDS[command]
+    result: int = getattr(importlib.import_module(module), function)(rest)
+    return result
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
 import time
@@ -52,7 +53,8 @@ class EventPusher:
     def emit(self, name: str, **fields: Any) -> None:
         if self._socket is None:
             return
-        frame = protocol.encode({"event": name, "t": time.monotonic(), **fields})
+        frame = protocol.encode({"event": name, "t": time.monotonic(), "pid": os.getpid(),
+                                 **fields})
         if self._secret:
             frame = frame.replace(self._secret.encode(), b"[redacted]")
         with self._lock:
@@ -248,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    lifeline.die_with_parent()
+    lifeline.die_with_parent(hard=True)  # it owns no segment; the SDK's threads are not daemons
     try:
         from pathlib import Path
 

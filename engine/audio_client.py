@@ -19,7 +19,7 @@ from typing import Any
 
 import zmq
 
-from engine import protocol
+from engine import lifeline, protocol
 from engine.audio_process import ring_names
 
 
@@ -83,7 +83,8 @@ class AudioProcess:
         child_env = dict(os.environ if env is None else env)
         root = str(Path(__file__).resolve().parent.parent)
         child_env["PYTHONPATH"] = root + os.pathsep + child_env.get("PYTHONPATH", "")
-        self.popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=stderr, env=child_env)
+        self.popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=stderr, env=child_env,
+                                      preexec_fn=lifeline.pdeathsig_preexec)
         self.client = ControlClient(control)
 
     @property

@@ -22,9 +22,30 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def die_with_parent() -> None:
-    """Call first thing in a child's ``main``, from its main thread."""
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+def _exit_now(signum: int, frame: FrameType | None) -> None:
+    os._exit(128 + signum)
+
+
+def pdeathsig_preexec() -> None:
+    """``Popen(preexec_fn=...)``: the child gets SIGTERM when the spawning thread dies.
+
+    Set before ``exec``, so it holds from the child's first instruction, also
+    for programs that do not call ``die_with_parent`` themselves.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def die_with_parent(hard: bool = False) -> None:
+    """Call first thing in a child's ``main``, from its main thread.
+
+    ``hard``: SIGTERM exits at once (``os._exit``), for processes whose
+    non-daemon library threads (the elevenlabs SDK's) could otherwise keep
+    them alive after ``SystemExit``; only for processes that own nothing
+    needing cleanup.
+    """
+    signal.signal(signal.SIGTERM, _exit_now if hard else _exit_on_sigterm)
     parent = os.getppid()
     if sys.platform.startswith("linux"):
         try:

@@ -89,7 +89,7 @@ AGENT_COMMANDS: dict[str, dict[str, Field]] = {
 }
 
 # -- events an agent process pushes to its controller (single-frame JSON) -----
-# Every event is {"event": NAME, "t": monotonic seconds, ...fields}.
+# Every event is {"event": NAME, "t": monotonic seconds, "pid": sender, ...fields}.
 
 AGENT_CONVERSATION = "agent.conversation"  # conversation_id, output_format
 AGENT_RESPONSE = "agent.response"  # text: what the agent says
@@ -99,6 +99,40 @@ AGENT_INTERRUPTION = "agent.interruption"  # dropped_frames
 AGENT_DISCONNECT = "agent.disconnect"  # reason, close_code, close_reason, message
 AGENT_ERROR = "agent.error"  # message
 AGENT_ENDED = "agent.ended"  # conversation_id, exit code follows
+
+
+# -- the controller's public commands (scripts, CLI, GUI -> controller) -------
+# Each entry's comment is the request, the reply, and the CLI form.
+
+PUBLIC_COMMANDS: dict[str, dict[str, Field]] = {
+    # {"cmd": "ping"} -> {"ok": true, "protocol": 1, "pid": N}
+    "ping": {},
+    # {"cmd": "status"} -> {"ok": true, "state": "idle"|"starting"|"in_call"|"ending"|"failed",
+    #   "call": {...}|null, "events": ENDPOINT, "protocol": 1, ...}      `callctl status`
+    "status": {},
+    # {"cmd": "call", "agent": "local"|AGENT_ID, "base_url": URL} -> {"ok": true, "call_id": ID}
+    "call": {"agent": Field(_OPT_STR), "base_url": Field(_OPT_STR)},
+    # {"cmd": "hangup"} -> {"ok": true, "call_id": ID, "audio": {...timings}}
+    #   or {"ok": false, "error": "no call to hang up"}                     `callctl hangup`
+    "hangup": {},
+    # {"cmd": "flush"} -> {"ok": true, "dropped_frames": N}  (barge-in by hand)
+    "flush": {},
+    # {"cmd": "devices"} -> {"ok": true, "devices": [...]}                 `callctl devices`
+    "devices": {},
+    # {"cmd": "shutdown"} -> {"ok": true}; the controller ends any call and exits
+    "shutdown": {},
+}
+
+# -- the controller's public events: multipart [topic, json] on the PUB socket --
+
+EVENT_STATE = "state"  # state, call_id, reason (for failed)
+EVENT_TRANSCRIPT = "transcript"  # call_id, role ("agent"|"caller"), text
+EVENT_LEVELS = "levels"  # call_id, in_dbfs, out_dbfs, about 10 a second during a call
+EVENT_CALL_ENDED = "call.ended"  # call_id, reason, timings {...}, recording, agent_killed
+EVENT_ERROR = "error"  # message, call_id
+EVENT_AGENT = "agent"  # call_id, kind ("conversation"|"interruption"|"latency"), fields
+PUBLIC_EVENTS = (EVENT_STATE, EVENT_TRANSCRIPT, EVENT_LEVELS, EVENT_CALL_ENDED, EVENT_ERROR,
+                 EVENT_AGENT)
 
 
 def decode_request(frame: bytes, commands: dict[str, dict[str, Field]]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import pytest
 
 from engine.audio_client import AudioProcess
 from engine.ring import AudioRing
-from engine.wavfile import GrowingWav, read_wav
+from engine.wavfile import read_wav
 
 RATE = 16_000
 PERIOD = 160

@@ -1,0 +1,203 @@
+"""`callctl call`: a controller in the foreground, one call, a live status line.
+
+The controller runs on the main thread (its children's lives are tied to
+it); a second thread is the front end: it subscribes to the events, starts
+the call over the public control socket — the same protocol any script uses
+— draws the status line, and hangs up on Enter, on Ctrl-C (through the
+controller's signal handling) or after ``--hangup-after`` seconds. When
+``call.ended`` arrives it prints the recording's path and the hangup timings
+and stops the controller.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from typing import Any, TextIO
+
+import zmq
+
+from controller import endpoints
+from controller.controller import Controller
+from controller.options import add_controller_options, controller_config
+from controller.serve import install_stop_signals
+from engine.audio_client import ControlClient
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="callctl call",
+        description="Call a voice agent through your microphone and speaker. Press Enter or "
+        "Ctrl-C to hang up; the agent's voice stops within one audio period.",
+        epilog="examples:\n"
+        "  callctl call                                  # the offline local agent\n"
+        "  callctl call --agent AGENT_ID                 # an ElevenLabs agent "
+        "(ELEVENLABS_API_KEY)\n"
+        "  callctl call --device virtual --mic caller.wav --hangup-after 10\n"
+        "exit codes: 0 the call ended, 1 it failed, 2 bad usage",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_controller_options(p)
+    p.add_argument("--hangup-after", type=_seconds, metavar="SECONDS",
+                   help="hang up by itself this long after the call was requested")
+    p.add_argument("--json", action="store_true",
+                   help="print the call.ended event as JSON at the end (no status line)")
+    return p
+
+
+class Frontend(threading.Thread):
+    """The terminal side of `callctl call`; talks to the controller only over ZeroMQ."""
+
+    def __init__(self, endpoint: str, events: str, hangup_after: float | None, as_json: bool,
+                 out: TextIO = sys.stdout) -> None:
+        super().__init__(name="frontend", daemon=True)
+        self.endpoint, self.events = endpoint, events
+        self.hangup_after, self.as_json, self.out = hangup_after, as_json, out
+        self.tty = out.isatty() and not as_json
+        self.exit_code = EXIT_FAILED
+        self.ended: dict[str, Any] | None = None
+        self._hangup = threading.Event()
+        self._state = "starting"
+        self._levels: tuple[float | None, float | None] = (None, None)
+        self._last_line = ""
+        self._began = time.monotonic()
+
+    def run(self) -> None:
+        ctx: zmq.Context = zmq.Context.instance()
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(self.events)
+        control = ControlClient(self.endpoint, ctx)
+        try:
+            reply = control.request({"cmd": "call"}, timeout=10)
+            if not reply.get("ok"):
+                self._print(f"callctl call: {reply.get('error')}", err=True)
+                return
+            self._say(f"calling ({reply['call_id']}) — press Enter to hang up")
+            if sys.stdin and not self.as_json:
+                threading.Thread(target=self._read_enter, name="enter", daemon=True).start()
+            self._loop(sub, control)
+        except TimeoutError as exc:
+            self._print(f"callctl call: {exc}", err=True)
+        finally:
+            try:
+                control.request({"cmd": "shutdown"}, timeout=1)
+            except TimeoutError:
+                pass
+            control.close()
+            sub.close(0)
+
+    def _read_enter(self) -> None:
+        try:
+            line = sys.stdin.readline()
+        except (OSError, ValueError):
+            return
+        if line:  # EOF (no terminal, CI) is not a hangup
+            self._hangup.set()
+
+    def _loop(self, sub: zmq.Socket, control: ControlClient) -> None:
+        asked = False
+        while True:
+            due = self.hangup_after and time.monotonic() - self._began >= self.hangup_after
+            if (self._hangup.is_set() or due) and not asked:
+                asked = True
+                self._say("hanging up ...")
+                control.request({"cmd": "hangup"}, timeout=3)
+            if not sub.poll(100):
+                self._draw()
+                continue
+            topic, body = sub.recv_multipart()
+            event = json.loads(body)
+            name = topic.decode()
+            if name == "state":
+                self._state = event["state"]
+                if self._state == "failed":
+                    self._say(f"call failed: {event.get('reason')}")
+                elif not self.tty:
+                    self._say(f"state: {self._state}")
+            elif name == "levels":
+                self._levels = (event.get("in_dbfs"), event.get("out_dbfs"))
+            elif name == "transcript":
+                self._last_line = f"{event['role']}: {event['text']}"
+                if not self.tty:
+                    self._say(self._last_line)
+            elif name == "error":
+                self._say(f"error: {event.get('message')}")
+            elif name == "call.ended":
+                self.ended = event
+                self._report(event)
+                failed = bool(event.get("errors")) and event.get("reason") != "hangup"
+                self.exit_code = EXIT_FAILED if failed and self._state == "failed" else EXIT_OK
+                return
+            self._draw()
+
+    def _draw(self) -> None:
+        if not self.tty:
+            return
+        seconds = int(time.monotonic() - self._began)
+        mic, spk = (f"{v:5.0f}" if v is not None else "  -∞ " for v in self._levels)
+        line = (f"● {self._state:<8} {seconds // 60:02d}:{seconds % 60:02d}  mic {mic} dBFS  "
+                f"spk {spk} dBFS  {self._last_line}")
+        self.out.write("\r\x1b[K" + line[:120])
+        self.out.flush()
+
+    def _say(self, text: str) -> None:
+        if self.as_json:
+            return
+        if self.tty:
+            self.out.write("\r\x1b[K")
+        self._print(text)
+
+    def _print(self, text: str, err: bool = False) -> None:
+        print(text, file=sys.stderr if err else self.out, flush=True)
+
+    def _report(self, event: dict[str, Any]) -> None:
+        if self.as_json:
+            self._print(json.dumps(event))
+            return
+        t = event.get("timings") or {}
+
+        def ms(key: str) -> str:
+            value = t.get(key)
+            return "—" if value is None else f"{value:8.1f} ms"
+
+        self._say(f"call ended ({event.get('reason')})")
+        if event.get("recording"):
+            self._print(f"  recording:               {event['recording']}")
+        self._print(f"  hangup → audio silent    {ms('audio_silent_ms')}")
+        self._print(f"  hangup → stream stopped  {ms('stream_stopped_ms')}")
+        how = "killed" if t.get("agent_killed") else "exited"
+        self._print(f"  hangup → agent {how:<9} {ms('agent_exited_ms')}")
+        self._print(f"  total                    {ms('total_ms')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = controller_config(args)
+        controller = Controller(config)
+    except (endpoints.EndpointError, ValueError, RuntimeError) as exc:
+        print(f"callctl call: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    install_stop_signals(controller)
+    frontend = Frontend(config.endpoint, controller.events_endpoint, args.hangup_after, args.json)
+    frontend.start()
+    try:
+        controller.run()
+    except RuntimeError as exc:
+        print(f"callctl call: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    frontend.join(timeout=5)
+    return frontend.exit_code

@@ -1,0 +1,157 @@
+"""`callctl hangup`, `callctl status`, `callctl events`: talk to a running controller.
+
+Exit codes (every command): 0 done, 1 nothing to do (e.g. no call to hang
+up), 2 no controller at the endpoint, or bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import zmq
+
+from controller import endpoints
+from controller.options import add_endpoint
+from engine.audio_client import ControlClient
+
+EXIT_OK, EXIT_NOTHING, EXIT_USAGE = 0, 1, 2
+
+
+class NoController(RuntimeError):
+    pass
+
+
+def request(endpoint: str, message: dict[str, Any], timeout: float = 3.0) -> dict[str, Any]:
+    """One request to the controller at ``endpoint``; ``NoController`` if nobody answers."""
+    if endpoint.startswith("ipc://"):
+        from pathlib import Path
+
+        if not Path(endpoint[len("ipc://"):]).exists():
+            raise NoController(f"no controller at {endpoint} (start one with `callctl call` "
+                               "or `callctl serve`)")
+    client = ControlClient(endpoint)
+    try:
+        return client.request(message, timeout=timeout)
+    except TimeoutError:
+        raise NoController(f"no controller answered at {endpoint} within {timeout:g} s") from None
+    finally:
+        client.close()
+
+
+def _parser(name: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"callctl {name}", description=description,
+                                epilog="exit codes: 0 done, 1 nothing to do, 2 no controller "
+                                "or bad usage")
+    add_endpoint(p)
+    p.add_argument("--json", action="store_true", help="print the reply as JSON")
+    return p
+
+
+def _resolve(args: argparse.Namespace, name: str) -> str | None:
+    try:
+        return endpoints.control_endpoint(args.endpoint)
+    except endpoints.EndpointError as exc:
+        print(f"callctl {name}: {exc}", file=sys.stderr)
+        return None
+
+
+def hangup_main(argv: list[str] | None = None) -> int:
+    args = _parser("hangup", "End the current call at once.").parse_args(argv)
+    endpoint = _resolve(args, "hangup")
+    if endpoint is None:
+        return EXIT_USAGE
+    try:
+        reply = request(endpoint, {"cmd": "hangup"})
+    except NoController as exc:
+        print(f"callctl hangup: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps(reply))
+    elif reply.get("ok"):
+        audio = reply.get("audio") or {}
+        silent = audio.get("silent_ms")
+        print(f"hung up call {reply.get('call_id')}"
+              + (f": audio silent {silent:.1f} ms after the request arrived"
+                 if silent is not None else ""))
+    else:
+        print(f"callctl hangup: {reply.get('error')}", file=sys.stderr)
+    return EXIT_OK if reply.get("ok") else EXIT_NOTHING
+
+
+def status_main(argv: list[str] | None = None) -> int:
+    args = _parser("status", "Show the controller's state and endpoints.").parse_args(argv)
+    endpoint = _resolve(args, "status")
+    if endpoint is None:
+        return EXIT_USAGE
+    try:
+        reply = request(endpoint, {"cmd": "status"})
+    except NoController as exc:
+        print(f"callctl status: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps(reply))
+        return EXIT_OK
+    print(f"state:     {reply['state']}" + (f" ({reply['reason']})" if reply.get("reason") else ""))
+    print(f"endpoint:  {reply['endpoint']}")
+    print(f"events:    {reply['events']}")
+    call = reply.get("call")
+    if call:
+        print(f"call:      {call['call_id']} with {call['agent']}, {call['duration_s']:.1f} s")
+    audio = reply.get("audio") or {}
+    if audio.get("ok"):
+        print(f"audio:     {audio['state']} on {audio['device']} at {audio['device_rate']} Hz")
+    last = reply.get("last_call")
+    if last:
+        timings = last.get("timings") or {}
+        print(f"last call: {last['call_id']} ended ({last['reason']}), "
+              f"agent gone after {timings.get('agent_exited_ms')} ms")
+    return EXIT_OK
+
+
+def events_main(argv: list[str] | None = None) -> int:
+    p = _parser("events", "Print the controller's events as they happen (Ctrl-C stops).")
+    p.add_argument("--topic", action="append", default=[],
+                   help="only these topics (repeatable): state, transcript, levels, "
+                   "call.ended, error, agent")
+    p.add_argument("--count", type=int, default=0, help="stop after N events")
+    p.add_argument("--timeout", type=float, default=0.0,
+                   help="stop after this many seconds (default: never)")
+    args = p.parse_args(argv)
+    endpoint = _resolve(args, "events")
+    if endpoint is None:
+        return EXIT_USAGE
+    try:
+        events = request(endpoint, {"cmd": "status"})["events"]
+    except NoController as exc:
+        print(f"callctl events: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    sub: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    for topic in args.topic or [""]:
+        sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
+    sub.connect(events)
+    seen = 0
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    try:
+        while args.count <= 0 or seen < args.count:
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            if not sub.poll(100):
+                continue
+            topic, body = sub.recv_multipart()
+            event = json.loads(body)
+            seen += 1
+            if args.json:
+                print(json.dumps(event), flush=True)
+            else:
+                fields = " ".join(f"{k}={v}" for k, v in event.items() if k != "event")
+                print(f"{topic.decode():<11} {fields}", flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sub.close(0)
+    return EXIT_OK

@@ -1,0 +1,505 @@
+"""The controller: supervises the processes of a call and serves the public protocol.
+
+One thread — the one that calls ``Controller.run`` — does everything: it owns
+every socket and every child, so no state is shared between threads. The
+loop waits on the control socket (REP), the agent processes' event socket
+(PULL), the agent processes' DEALER sockets and the children's pidfds, so a
+child's exit wakes it at once; timers (the agent's kill deadline, the levels
+tick) bound each wait.
+
+Children (spawned from this thread: ``engine.lifeline`` ties their lives to
+it): the audio process (warm across calls, replaced if it dies), a standby
+agent process (imports done before the call), the call's agent process, and
+the local agent server when the agent is ``local``.
+
+The hangup (DESIGN.md): the audio process silences and stops at once (one
+local request); the agent is told to end (a message that waits for nothing);
+the reply goes out; at ``kill_after`` seconds after the hangup arrived, an
+agent still alive is SIGKILLed and reaped; then ``call.ended`` carries the
+times of each step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import zmq
+
+from controller import endpoints
+from controller.call import Call, CallState, new_call_id
+from engine import protocol
+from engine.agent_client import AgentProcess, AgentServerProcess
+from engine.audio_client import AudioProcess, AudioProcessError, unlink_rings
+from engine.credentials import load_credentials
+
+STANDBY_READY_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 15.0
+LEVELS_INTERVAL = 0.1
+
+
+@dataclass
+class ControllerConfig:
+    """Everything a controller needs to know, from the command line."""
+
+    endpoint: str
+    record_dir: Path
+    device: str | None = None
+    mic: str | None = None
+    speaker: str | None = None
+    echo: str | None = None
+    agent: str = "local"
+    base_url: str | None = None
+    kill_after: float = 2.0
+    agent_server_args: list[str] = field(default_factory=list)
+    config_path: str | None = None
+    verbose: bool = False
+
+    def audio_args(self) -> list[str]:
+        args = []
+        if self.device is not None:
+            args += ["--device", self.device]
+        if self.mic:
+            args += ["--mic", self.mic]
+        if self.speaker:
+            args += ["--speaker", self.speaker]
+        if self.echo:
+            args += ["--echo", self.echo]
+        if self.verbose:
+            args += ["--verbose"]
+        return args
+
+
+class Controller:
+    """See module docstring. Construct, then ``run()`` on the thread that owns it."""
+
+    def __init__(self, config: ControllerConfig) -> None:
+        self.config = config
+        self.ctx = zmq.Context()
+        self.private = endpoints.private_dir_for(config.endpoint)
+        self.events_endpoint = endpoints.events_endpoint(config.endpoint)
+        self.control = self._bind(zmq.REP, config.endpoint)
+        self.pub = self._bind(zmq.PUB, self.events_endpoint)
+        self.pull = self._bind(zmq.PULL, f"ipc://{self.private}/agent-events")
+        self.has_key = load_credentials(Path(config.config_path) if config.config_path
+                                        else None).has_key
+        self.audio: AudioProcess | None = None
+        self.standby: AgentProcess | None = None
+        self.agent: AgentProcess | None = None
+        self.server: AgentServerProcess | None = None
+        self.call: Call | None = None
+        self.state = CallState.IDLE
+        self.reason: str | None = None
+        self.last_ended: dict[str, Any] | None = None
+        self.calls_started = 0
+        self._stopping = False
+        self._stop_requested = False
+        self._failed = False
+        self._next_levels = 0.0
+        self._logs: list[IO[Any]] = []
+
+    # -- sockets and children ---------------------------------------------------
+
+    def _bind(self, kind: int, endpoint: str) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
+        if endpoint.startswith("ipc://"):
+            path = Path(endpoint[len("ipc://"):])
+            if path.exists():
+                self._refuse_if_live(endpoint)
+                path.unlink()
+            sock.bind(endpoint)
+            os.chmod(path, 0o600)
+        else:
+            sock.bind(endpoint)
+        return sock
+
+    def _refuse_if_live(self, endpoint: str) -> None:
+        probe = self.ctx.socket(zmq.REQ)
+        probe.setsockopt(zmq.LINGER, 0)
+        probe.connect(endpoint)
+        try:
+            probe.send(protocol.encode({"cmd": "ping"}))
+            if probe.poll(300):
+                raise RuntimeError(f"another controller is already serving {endpoint}")
+        finally:
+            probe.close(0)
+
+    def _log(self, name: str) -> IO[Any] | None:
+        """Where a child's stderr goes: the terminal with --verbose, else a log file."""
+        if self.config.verbose:
+            return None
+        log_dir = self.config.record_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in close()
+        self._logs.append(handle)
+        return handle
+
+    def _start_audio(self) -> None:
+        prefix = f"callctl-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        audio = AudioProcess(f"ipc://{self.private}/audio-{prefix}", prefix,
+                             self.config.audio_args())
+        try:
+            audio.wait_ready()
+        except AudioProcessError as exc:
+            audio.stop()
+            raise RuntimeError(f"audio: {exc}") from None
+        self.audio = audio
+
+    def _spawn_standby(self) -> None:
+        n = self.calls_started + 1
+        self.standby = AgentProcess(f"ipc://{self.private}/agent-{n}-{uuid.uuid4().hex[:4]}",
+                                    f"ipc://{self.private}/agent-events",
+                                    stderr=self._log("agent"), config=self.config.config_path,
+                                    context=self.ctx)
+
+    # -- publishing -------------------------------------------------------------
+
+    def publish(self, topic: str, **fields: Any) -> None:
+        self.pub.send_multipart([topic.encode(), protocol.encode({"event": topic, **fields})])
+
+    def _set_state(self, state: CallState, reason: str | None = None) -> None:
+        self.state, self.reason = state, reason
+        self.publish(protocol.EVENT_STATE, state=state.value, reason=reason,
+                     call_id=self.call.call_id if self.call else None)
+
+    # -- the loop ---------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """From a signal handler: end any call, then leave ``run`` (the loop picks it up)."""
+        self._stop_requested = True
+
+    def run(self) -> None:
+        """Serve until ``shutdown``. Always reaps every child and unlinks every segment."""
+        try:
+            self._start_audio()
+            self._spawn_standby()
+            while not (self._stopping and self.state not in (CallState.STARTING,
+                                                              CallState.ENDING)):
+                self._wait_and_dispatch()
+                self._tick()
+        finally:
+            self.close()
+
+    def _wait_and_dispatch(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.control, zmq.POLLIN)
+        poller.register(self.pull, zmq.POLLIN)
+        for agent in (self.standby, self.agent):
+            if agent is not None:
+                poller.register(agent.socket, zmq.POLLIN)
+                if agent.pidfd is not None:
+                    poller.register(agent.pidfd, zmq.POLLIN)
+        busy = self.state in (CallState.STARTING, CallState.ENDING)
+        timeout = 0.005 if busy else 0.05
+        if self.call is not None and self.call.kill_at is not None:
+            timeout = max(0.0, min(timeout, self.call.kill_at - time.monotonic()))
+        ready = dict(poller.poll(round(timeout * 1000)))
+        if self.control in ready:
+            self._serve_one()
+        if self.pull in ready:
+            while self.pull.poll(0):
+                self._on_agent_event(self.pull.recv())
+
+    def _serve_one(self) -> None:
+        frame = self.control.recv()
+        try:
+            request = protocol.decode_request(frame, protocol.PUBLIC_COMMANDS)
+            reply = self.handle(request)
+        except protocol.ProtocolError as exc:
+            reply = protocol.error(str(exc))
+        except Exception as exc:  # a bug must not take the call down with it
+            reply = protocol.error(f"internal error: {type(exc).__name__}: {exc}")
+        self.control.send(protocol.encode(reply))
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        cmd = request["cmd"]
+        if cmd == "ping":
+            return protocol.ok(protocol=protocol.PROTOCOL_VERSION, pid=os.getpid())
+        if cmd == "status":
+            return self.status()
+        if cmd == "call":
+            return self.start_call(request.get("agent"), request.get("base_url"))
+        if cmd == "hangup":
+            return self.hangup()
+        if cmd == "flush":
+            if self.state != CallState.IN_CALL or self.audio is None:
+                return protocol.error("no call in progress to flush")
+            reply = self.audio.request({"cmd": "flush"}, timeout=1.0)
+            return protocol.ok(dropped_frames=reply.get("dropped_frames", 0))
+        if cmd == "devices":
+            if self.audio is None:
+                return protocol.error("the audio process is not running")
+            return self.audio.request({"cmd": "devices"}, timeout=5.0)
+        if cmd == "shutdown":
+            self._stopping = True
+            if self.state in (CallState.STARTING, CallState.IN_CALL):
+                self._end_call("controller shutting down")
+            return protocol.ok()
+        return protocol.error(f"{cmd}: not handled")
+
+    def status(self) -> dict[str, Any]:
+        audio = None
+        if self.audio is not None:
+            try:
+                audio = self.audio.request({"cmd": "status"}, timeout=0.5)
+            except TimeoutError:
+                audio = {"ok": False, "error": "the audio process did not answer"}
+        return protocol.ok(
+            state=self.state.value, reason=self.reason, protocol=protocol.PROTOCOL_VERSION,
+            pid=os.getpid(), endpoint=self.config.endpoint, events=self.events_endpoint,
+            call=self.call.summary() if self.call else None, last_call=self.last_ended,
+            audio=audio, agent_server=self.server.base_url if self.server else None,
+            standby_ready=bool(self.standby and self.standby.ready),
+        )
+
+    # -- starting a call --------------------------------------------------------
+
+    def start_call(self, agent: str | None, base_url: str | None) -> dict[str, Any]:
+        if self.state not in (CallState.IDLE, CallState.FAILED):
+            return protocol.error(f"a call is already in progress (state {self.state.value}); "
+                                  "hang up first")
+        if self._stopping:
+            return protocol.error("the controller is shutting down")
+        if self.audio is None:
+            return protocol.error("the audio process is not running")
+        agent = agent or self.config.agent
+        call_id = new_call_id()
+        self.call = Call(call_id, agent, base_url or self.config.base_url,
+                         self.config.record_dir / call_id)
+        self.calls_started += 1
+        if agent == "local" and (self.server is None or not self.server.alive()):
+            self.server = AgentServerProcess(self.config.agent_server_args,
+                                             stderr=self._log("agent-server"))
+        self._set_state(CallState.STARTING)
+        return protocol.ok(call_id=call_id, state=self.state.value)
+
+    def _advance_start(self, call: Call) -> None:
+        """One non-blocking step of ``starting``; called from every tick."""
+        now = time.monotonic()
+        if call.agent_started:
+            if call.connected_at is None and now - call.requested_at > CONNECT_TIMEOUT:
+                self._end_call("the agent did not answer (unreachable?)", failed=True)
+            return
+        if call.agent == "local":
+            assert self.server is not None
+            if not self.server.poll_ready():
+                if not self.server.alive():
+                    self._end_call("the local agent server failed to start", failed=True)
+                elif now - call.requested_at > STANDBY_READY_TIMEOUT:
+                    self._end_call("the local agent server did not start in time", failed=True)
+                return
+        standby = self.standby
+        if standby is None or not standby.alive():
+            self._spawn_standby()
+            return
+        if not standby.ready:
+            standby.poke()
+            if now - standby.spawned_at > STANDBY_READY_TIMEOUT:
+                self._end_call("the agent process did not become ready", failed=True)
+            return
+        assert self.audio is not None
+        call.record_dir.mkdir(parents=True, exist_ok=True)
+        reply = self.audio.request({"cmd": "start", "record": str(call.recording)}, timeout=2.0)
+        if not reply.get("ok"):
+            self._end_call(f"audio: {reply.get('error')}", failed=True)
+            return
+        call.audio_started = True
+        base_url = self.server.base_url if call.agent == "local" and self.server else call.base_url
+        agent_id = "local" if call.agent == "local" else call.agent
+        standby.start(agent_id, self.audio.ring_prefix, base_url, self.has_key)
+        call.agent_started = True
+        self.agent, self.standby = standby, None
+        self._spawn_standby()  # the next call's, warming up while this one runs
+
+    # -- agent events -----------------------------------------------------------
+
+    def _on_agent_event(self, frame: bytes) -> None:
+        try:
+            event = json.loads(frame)
+            name = event["event"]
+        except (ValueError, KeyError, TypeError):
+            return
+        call = self.call
+        if call is None or self.agent is None or event.get("pid") != self.agent.pid:
+            return  # a previous call's agent, still saying goodbye
+        cid = call.call_id
+        if name == protocol.AGENT_CONVERSATION:
+            call.conversation_id = event.get("conversation_id")
+            call.connected_at = time.monotonic()
+            self.publish(protocol.EVENT_AGENT, call_id=cid, kind="conversation",
+                         conversation_id=call.conversation_id)
+            if self.state == CallState.STARTING:
+                self._set_state(CallState.IN_CALL)
+        elif name in (protocol.AGENT_RESPONSE, protocol.AGENT_USER_TRANSCRIPT):
+            role = "agent" if name == protocol.AGENT_RESPONSE else "caller"
+            line = {"t": event.get("t"), "role": role, "text": event.get("text", "")}
+            call.transcript.append(line)
+            self.publish(protocol.EVENT_TRANSCRIPT, call_id=cid, role=role, text=line["text"])
+        elif name == protocol.AGENT_INTERRUPTION:
+            self.publish(protocol.EVENT_AGENT, call_id=cid, kind="interruption",
+                         dropped_frames=event.get("dropped_frames"))
+        elif name == protocol.AGENT_LATENCY:
+            self.publish(protocol.EVENT_AGENT, call_id=cid, kind="latency", ms=event.get("ms"))
+        elif name == protocol.AGENT_ERROR:
+            message = str(event.get("message"))
+            call.errors.append(message)
+            self.publish(protocol.EVENT_ERROR, call_id=cid, message=message)
+            if self.state == CallState.STARTING:
+                self._end_call(message, failed=True)
+        elif name == protocol.AGENT_DISCONNECT:
+            if event.get("reason") != "user" and self.state in (CallState.STARTING,
+                                                                 CallState.IN_CALL):
+                why = event.get("message") or event.get("close_reason") or event.get("reason")
+                self._end_call(f"the agent disconnected ({why})",
+                               failed=event.get("reason") == "error")
+
+    # -- ending a call ----------------------------------------------------------
+
+    def hangup(self) -> dict[str, Any]:
+        if self.state == CallState.ENDING and self.call is not None:
+            return protocol.ok(call_id=self.call.call_id, already_ending=True)
+        if self.state not in (CallState.STARTING, CallState.IN_CALL) or self.call is None:
+            return protocol.error("no call to hang up")
+        audio = self._end_call("hangup")
+        return protocol.ok(call_id=self.call.call_id, audio=audio)
+
+    def _end_call(self, reason: str, failed: bool = False) -> dict[str, Any] | None:
+        """Silence and stop the audio, tell the agent to end, arm the kill; → ending."""
+        call = self.call
+        assert call is not None
+        call.hangup_at = time.monotonic()
+        call.end_reason = reason
+        self._failed = failed
+        audio_reply = None
+        if call.audio_started and self.audio is not None and self.audio.popen.poll() is None:
+            try:
+                audio_reply = self.audio.request({"cmd": "hangup"}, timeout=0.5)
+                call.audio_silent_at = audio_reply.get("first_silent_at")
+                call.stream_stopped_at = audio_reply.get("stopped_at")
+            except TimeoutError:
+                call.errors.append("the audio process did not answer the hangup")
+        else:
+            call.audio_silent_at = call.stream_stopped_at = call.hangup_at
+        if self.agent is not None:
+            self.agent.end()
+            call.kill_at = call.hangup_at + self.config.kill_after
+        else:
+            call.agent_exited_at = call.hangup_at
+        self._set_state(CallState.ENDING, reason if failed else None)
+        return audio_reply
+
+    def _advance_end(self, call: Call) -> None:
+        agent = self.agent
+        if agent is not None:
+            if agent.alive():
+                if call.kill_at is not None and time.monotonic() >= call.kill_at:
+                    agent.kill()
+                else:
+                    return
+            agent.reap(timeout=2.0)
+            call.agent_exited_at = agent.exited_at
+            call.agent_killed = agent.killed
+            self.agent = None
+        ended = {"call_id": call.call_id, "reason": call.end_reason,
+                 "timings": call.timings(), "recording": str(call.recording)
+                 if call.audio_started else None, "conversation_id": call.conversation_id,
+                 "errors": call.errors}
+        self.last_ended = ended
+        self.publish(protocol.EVENT_CALL_ENDED, **ended)
+        failed = self._failed
+        self._set_state(CallState.FAILED if failed else CallState.IDLE,
+                        call.end_reason if failed else None)
+
+    # -- supervision ------------------------------------------------------------
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if self._stop_requested and not self._stopping:
+            self.handle({"cmd": "shutdown"})
+        for agent in (self.standby, self.agent):
+            if agent is not None:
+                agent.read_replies()
+        if self.audio is not None and self.audio.popen.poll() is not None:
+            self._on_audio_died()
+        call = self.call
+        if self.state == CallState.STARTING and call is not None:
+            self._advance_start(call)
+        elif self.state == CallState.IN_CALL and call is not None:
+            if self.agent is not None and not self.agent.alive():
+                self._end_call("the agent process exited")
+            elif now >= self._next_levels:
+                self._next_levels = now + LEVELS_INTERVAL
+                self._publish_levels(call)
+        if self.state == CallState.ENDING and call is not None:
+            self._advance_end(call)
+        if self.standby is not None:
+            if self.standby.alive():
+                self.standby.poke()
+            elif not self._stopping:
+                self.standby.reap(0)
+                self._spawn_standby()
+
+    def _publish_levels(self, call: Call) -> None:
+        if self.audio is None:
+            return
+        try:
+            status = self.audio.request({"cmd": "status"}, timeout=0.2)
+        except TimeoutError:
+            return
+        levels = status.get("levels") or {}
+        self.publish(protocol.EVENT_LEVELS, call_id=call.call_id,
+                     in_dbfs=levels.get("in_dbfs"), out_dbfs=levels.get("out_dbfs"),
+                     xruns=status.get("xruns"))
+
+    def _on_audio_died(self) -> None:
+        assert self.audio is not None
+        dead = self.audio
+        dead.stop()  # reaps and unlinks its rings
+        self.audio = None
+        self.publish(protocol.EVENT_ERROR, message="the audio process died",
+                     call_id=self.call.call_id if self.call else None)
+        if self.state in (CallState.STARTING, CallState.IN_CALL):
+            self._end_call("audio", failed=True)
+        if not self._stopping:
+            self._start_audio()
+
+    # -- shutdown ---------------------------------------------------------------
+
+    def close(self) -> None:
+        """End everything: children killed if need be and reaped, segments unlinked."""
+        for agent in (self.agent, self.standby):
+            if agent is not None:
+                agent.end()
+        deadline = time.monotonic() + self.config.kill_after
+        for agent in (self.agent, self.standby):
+            if agent is not None:
+                if agent.reap(timeout=max(0.0, deadline - time.monotonic())) is None:
+                    agent.kill()
+                    agent.reap()
+        self.agent = self.standby = None
+        if self.audio is not None:
+            prefix = self.audio.ring_prefix
+            self.audio.stop()
+            unlink_rings(prefix)
+            self.audio = None
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        self.control.close(0)
+        self.pull.close(0)
+        self.pub.close(linger=1000)  # let the last events (call.ended) reach subscribers
+        self.ctx.term()
+        for handle in self._logs:
+            handle.close()
+        for path in (self.config.endpoint, self.events_endpoint):
+            if path.startswith("ipc://"):
+                Path(path[len("ipc://"):]).unlink(missing_ok=True)
+        shutil.rmtree(self.private, ignore_errors=True)

@@ -1,0 +1,81 @@
+"""Command-line options shared by the commands that run a controller (`serve`, `call`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import platformdirs
+
+from controller import endpoints
+from controller.controller import ControllerConfig
+
+
+def default_record_dir() -> Path:
+    return Path(platformdirs.user_data_dir("callctl")) / "calls"
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return value
+
+
+def _echo(text: str) -> str:
+    from engine.audio_process import parse_echo
+
+    parse_echo(text)
+    return text
+
+
+def add_endpoint(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--endpoint", metavar="E",
+                        help="control endpoint (default: $CALLCTL_ENDPOINT, else an ipc socket "
+                        "in your private runtime directory)")
+
+
+def add_controller_options(parser: argparse.ArgumentParser) -> None:
+    add_endpoint(parser)
+    parser.add_argument("--agent", default="local", metavar="local|AGENT_ID",
+                        help="'local' (the offline agent, default) or an ElevenLabs agent id")
+    parser.add_argument("--base-url", metavar="URL",
+                        help="the agent service (default: $ELEVENLABS_BASE_URL, the config file, "
+                        "else https://api.elevenlabs.io); regional endpoints go here")
+    parser.add_argument("--device", metavar="virtual|NAME|INDEX",
+                        help="audio device: 'virtual' (WAV files), a name or index from "
+                        "`callctl devices`; default: the system's default device")
+    parser.add_argument("--mic", metavar="WAV", help="virtual device: the caller's microphone")
+    parser.add_argument("--speaker", metavar="WAV",
+                        help="virtual device: write what the speaker plays here")
+    parser.add_argument("--echo", type=_echo, metavar="DELAY_MS:GAIN_DB",
+                        help="virtual device: feed the speaker back into the mic, e.g. 60:-12")
+    parser.add_argument("--record-dir", type=Path, metavar="DIR", default=None,
+                        help=f"where call folders go (default {default_record_dir()})")
+    parser.add_argument("--kill-after", type=_seconds, default=2.0, metavar="SECONDS",
+                        help="kill an agent that has not exited this long after a hangup "
+                        "(default 2.0)")
+    parser.add_argument("--config", metavar="FILE", help="config file with api_key, agent_id, "
+                        "base_url (default ~/.config/callctl/config.toml)")
+    parser.add_argument("--agent-server-arg", action="append", default=[], metavar="ARG",
+                        help=argparse.SUPPRESS)  # e.g. --agent-server-arg=--fault=stall (tests)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the children's own messages (PortAudio, the agent server)")
+
+
+def controller_config(args: argparse.Namespace) -> ControllerConfig:
+    """Build the config; raises ``endpoints.EndpointError`` for a bad endpoint."""
+    virtual_only = [flag for flag, value in (("--mic", args.mic), ("--speaker", args.speaker),
+                                             ("--echo", args.echo)) if value]
+    if virtual_only and args.device != "virtual":
+        raise ValueError(f"{', '.join(virtual_only)} need --device virtual")
+    return ControllerConfig(
+        endpoint=endpoints.control_endpoint(args.endpoint),
+        record_dir=args.record_dir or default_record_dir(),
+        device=args.device, mic=args.mic, speaker=args.speaker, echo=args.echo,
+        agent=args.agent, base_url=args.base_url, kill_after=args.kill_after,
+        agent_server_args=args.agent_server_arg, config_path=args.config, verbose=args.verbose,
+    )

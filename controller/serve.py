@@ -1,0 +1,51 @@
+"""`callctl serve`: run a controller with no call, for scripts and the GUI to drive.
+
+    callctl serve --device virtual --mic caller.wav &
+    callctl status
+    python -c 'import zmq; s = zmq.Context().socket(zmq.REQ); ...; s.send_json({"cmd": "call"})'
+
+Stops on `{"cmd": "shutdown"}`, SIGTERM or Ctrl-C, ending any call first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from types import FrameType
+
+from controller import endpoints
+from controller.controller import Controller
+from controller.options import add_controller_options, controller_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="callctl serve", description=__doc__.split("\n")[0].split(": ", 1)[1],
+        epilog="The control endpoint speaks the JSON protocol of docs/protocol.md.")
+    add_controller_options(parser)
+    args = parser.parse_args(argv)
+    try:
+        config = controller_config(args)
+        controller = Controller(config)
+    except (endpoints.EndpointError, ValueError, RuntimeError) as exc:
+        print(f"callctl serve: {exc}", file=sys.stderr)
+        return 2
+    install_stop_signals(controller)
+    print(f"callctl: serving {config.endpoint} (events {controller.events_endpoint})",
+          flush=True)
+    try:
+        controller.run()
+    except RuntimeError as exc:
+        print(f"callctl serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def install_stop_signals(controller: Controller) -> None:
+    """SIGTERM and SIGINT end any call, then stop the controller (main thread only)."""
+    def stop(signum: int, frame: FrameType | None) -> None:
+        controller.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
