@@ -279,14 +279,17 @@ def _dump(obj: dict[str, Any]) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-def initiation_metadata_message(conversation_id: str) -> str:
-    """``conversation_initiation_metadata`` naming the conversation and pcm_16000 both ways."""
+def initiation_metadata_message(conversation_id: str, output_format: str = AUDIO_FORMAT) -> str:
+    """``conversation_initiation_metadata`` naming the conversation and the audio formats.
+
+    ``output_format`` other than pcm_16000 exists only to test clients that
+    must refuse it; the audio sent is pcm_16000 regardless."""
     return _dump(
         {
             "type": "conversation_initiation_metadata",
             "conversation_initiation_metadata_event": {
                 "conversation_id": conversation_id,
-                "agent_output_audio_format": AUDIO_FORMAT,
+                "agent_output_audio_format": output_format,
                 "user_input_audio_format": AUDIO_FORMAT,
             },
         }

@@ -60,6 +60,8 @@ class SessionConfig:
     """Misbehaviour to inject (off by default)."""
     fault_after_s: float = 2.0
     """For ``stall`` and ``drop``: delay from the start of the greeting to the fault."""
+    announced_output_format: str = p.AUDIO_FORMAT
+    """What the metadata claims the agent sends (a test hook; the audio stays pcm_16000)."""
 
 
 def new_conversation_id() -> str:
@@ -137,7 +139,8 @@ class Session:
             connected, pending = await self._await_initiation()
             if not connected:
                 return
-            if not await self._send(p.initiation_metadata_message(self.conversation_id)):
+            if not await self._send(p.initiation_metadata_message(
+                    self.conversation_id, self.config.announced_output_format)):
                 return
             if self.config.ping_interval_s:
                 self._spawn(self._pinger(self.config.ping_interval_s))
@@ -300,7 +303,7 @@ class Session:
             self._speaker = None
         self._play_end = now
         self._interruptions += 1
-        line = self._line
+        line, self._line = self._line, None
         self._info("interruption at event_id %d: %s", event_id, why)
         await self._send(p.interruption_message(event_id))
         if line is not None and line.play_start is not None and line.duration_s > 0:
@@ -308,7 +311,6 @@ class Session:
             words = line.text.split()
             corrected = " ".join(words[: round(len(words) * heard)])
             await self._send(p.agent_response_correction_message(line.text, corrected))
-        self._line = None
 
     # ------------------------------------------------------------------ speaking
 

@@ -121,7 +121,7 @@ class Voice:
 
 
 def chunks(pcm: np.ndarray, chunk_samples: int) -> Iterator[np.ndarray]:
-    """Split ``pcm`` into consecutive pieces of ``chunk_samples`` samples (the last may be short)."""
+    """Split ``pcm`` into pieces of ``chunk_samples`` samples (the last may be short)."""
     if chunk_samples <= 0:
         raise ValueError("chunk_samples must be positive")
     for start in range(0, len(pcm), chunk_samples):

@@ -1,0 +1,7 @@
+"""``python -m engine.agent_server``: the same as ``callctl agent-server``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
