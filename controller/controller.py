@@ -258,6 +258,10 @@ class Controller:
             call=self.call.summary() if self.call else None, last_call=self.last_ended,
             audio=audio, agent_server=self.server.base_url if self.server else None,
             standby_ready=bool(self.standby and self.standby.ready),
+            pids={"audio": self.audio.pid if self.audio else None,
+                  "agent": self.agent.pid if self.agent else None,
+                  "standby": self.standby.pid if self.standby else None,
+                  "agent_server": self.server.popen.pid if self.server else None},
         )
 
     # -- starting a call --------------------------------------------------------

@@ -97,7 +97,7 @@ class Served:
 
 @pytest.fixture
 def serve(tmp_path: Path, caller_speech: np.ndarray) -> Iterator[Any]:
-    """Factory: ``serve(*extra_args, speech_at=[...])`` starts a controller on the virtual device."""
+    """Factory: ``serve(*args, speech_at=[...])``: a controller on the virtual device."""
     started: list[Served] = []
 
     def start(*extra: str, speech_at: list[float] | None = None, total: float = 40.0,

@@ -1,0 +1,243 @@
+"""The controller as a user and a script see it: `callctl serve` in its own process,
+driven over the public ZeroMQ protocol, with real children (audio process on the
+virtual device, agent process on the elevenlabs SDK, local agent server)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.wavfile import read_wav
+
+RATE = 16_000
+
+
+def in_call(served: Any) -> dict[str, Any]:
+    reply = served.request({"cmd": "call"})
+    assert reply["ok"], reply
+    return served.wait_state("in_call")
+
+
+def ended(served: Any, timeout: float = 6.0) -> dict[str, Any]:
+    event = served.collect(timeout, until="call.ended")
+    assert event is not None, "no call.ended event"
+    return event
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes once its parent reaps it; check /proc state.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_cooperative_hangup_silences_at_once_and_agent_exits_well_before_the_kill(
+        serve: Any) -> None:
+    served = serve(speech_at=[5.0])
+    in_call(served)
+    served.collect(3.0)
+    assert any(e["event"] == "transcript" and e["role"] == "agent" for e in served.events)
+    sent = time.monotonic()
+    reply = served.request({"cmd": "hangup"})
+    assert reply["ok"] and reply["audio"]["first_silent_at"] >= reply["audio"]["received_at"]
+    event = ended(served)
+    t = event["timings"]
+    assert event["reason"] == "hangup" and not t["agent_killed"]
+    assert t["agent_exited_ms"] < 1500, "a cooperative agent exits well before the 2 s kill"
+    assert t["audio_silent_ms"] <= 20 and t["stream_stopped_ms"] <= 50
+    assert served.request({"cmd": "status"})["state"] == "idle"
+    # What the speaker played: nothing above -60 dBFS later than a period plus the fade.
+    time.sleep(0.3)
+    samples, _ = read_wav(served.tmp / "speaker.wav")
+    t0 = json.loads((served.tmp / "speaker.wav.json").read_text())["start_monotonic"]
+    loud = np.nonzero(np.abs(samples[:, 0].astype(np.int32)) > 33)[0]
+    assert len(loud) and t0 + (loud[-1] + 1) / RATE - sent <= 0.020
+    rec, _ = read_wav(event["recording"])
+    assert rec.shape[1] == 2 and len(rec) > 2 * RATE
+
+
+def test_sigstopped_agent_is_killed_and_reaped_between_2_0_and_2_2_s(serve: Any) -> None:
+    served = serve(speech_at=[30.0])
+    status = in_call(served)
+    agent = status["pids"]["agent"]
+    os.kill(agent, signal.SIGSTOP)
+    assert served.request({"cmd": "hangup"})["ok"]
+    event = ended(served)
+    t = event["timings"]
+    assert t["agent_killed"]
+    assert 2000 <= t["agent_exited_ms"] <= 2200, t
+    assert not alive(agent)
+
+
+def test_stalled_service_agent_is_killed_between_2_0_and_2_2_s(serve: Any) -> None:
+    served = serve("--agent-server-arg=--fault=stall", "--agent-server-arg=--fault-after=0.3",
+                   speech_at=[30.0])
+    in_call(served)
+    time.sleep(1.0)  # the peer is frozen by now
+    assert served.request({"cmd": "hangup"})["ok"]
+    t = ended(served)["timings"]
+    assert t["agent_killed"] and 2000 <= t["agent_exited_ms"] <= 2200, t
+    assert t["audio_silent_ms"] <= 20, "a frozen network does not delay the silence"
+
+
+def test_twenty_hangups_in_a_burst_end_one_call_and_the_next_call_works(serve: Any) -> None:
+    served = serve(speech_at=[30.0])
+    in_call(served)
+    ctx = zmq.Context.instance()
+    socks = []
+    for _ in range(20):
+        s = ctx.socket(zmq.REQ)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(served.endpoint)
+        socks.append(s)
+    for s in socks:
+        s.send_json({"cmd": "hangup"})
+    replies = []
+    for s in socks:
+        assert s.poll(3000), "every hangup is answered at once"
+        replies.append(s.recv_json())
+        s.close()
+    assert sum(1 for r in replies if r["ok"] and not r.get("already_ending")) == 1
+    assert all(r["ok"] or r["error"] == "no call to hang up" for r in replies)
+    ended(served)
+    served.collect(1.0)
+    assert len(served.named("call.ended")) == 1
+    in_call(served)
+    assert served.request({"cmd": "hangup"})["ok"]
+    ended(served)
+
+
+def test_hangup_while_the_call_is_starting(serve: Any) -> None:
+    served = serve(speech_at=[30.0])
+    assert served.request({"cmd": "call"})["ok"]
+    reply = served.request({"cmd": "hangup"})
+    assert reply["ok"]
+    event = ended(served)
+    assert event["reason"] == "hangup"
+    assert served.wait_state("idle", timeout=5)["state"] == "idle"
+    in_call(served)  # and the next call still works
+
+
+def test_a_second_call_gets_a_clear_error(serve: Any) -> None:
+    served = serve(speech_at=[30.0])
+    in_call(served)
+    reply = served.request({"cmd": "call"})
+    assert not reply["ok"] and "already in progress" in reply["error"]
+    assert served.request({"cmd": "status"})["state"] == "in_call"
+
+
+def test_audio_process_killed_mid_call_fails_the_call_and_a_fresh_one_serves_the_next(
+        serve: Any) -> None:
+    served = serve(speech_at=[30.0])
+    status = in_call(served)
+    audio, agent = status["pids"]["audio"], status["pids"]["agent"]
+    os.kill(audio, signal.SIGKILL)
+    event = ended(served)
+    assert event["reason"] == "audio"
+    assert served.wait_state("failed", timeout=5)["reason"] == "audio"
+    assert not alive(agent), "the agent was ended too"
+    status = in_call(served)
+    assert status["pids"]["audio"] != audio
+    assert status["audio"]["state"] == "running"
+
+
+def test_agent_dying_mid_call_ends_the_call_and_stops_the_audio(serve: Any) -> None:
+    served = serve(speech_at=[30.0])
+    status = in_call(served)
+    os.kill(status["pids"]["agent"], signal.SIGKILL)
+    event = ended(served)
+    assert "agent" in event["reason"]
+    status = served.wait_state("idle", timeout=5)
+    assert status["audio"]["state"] == "stopped"
+
+
+def test_controller_sigkill_leaves_no_process_and_no_segment(serve: Any) -> None:
+    served = serve(speech_at=[30.0])
+    status = in_call(served)
+    pids = [p for p in status["pids"].values() if p]
+    assert len(pids) == 4  # audio, agent, standby, agent server
+    rings = status["audio"]["rings"]
+    os.kill(served.proc.pid, signal.SIGKILL)
+    served.proc.wait(5)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.05)
+    assert not [p for p in pids if alive(p)], "children outlived the controller"
+    left = [n for n in rings.values() if Path("/dev/shm", n).exists()]
+    assert not left, f"leaked shared memory: {left}"
+
+
+frames = st.one_of(
+    st.binary(max_size=300),
+    st.text(max_size=100).map(str.encode),
+    st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+                 | st.text(max_size=20),
+                 lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c,
+                                                                     max_size=4),
+                 max_leaves=10).map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries({"cmd": st.sampled_from(["call", "flush", "ping", "status", "nope",
+                                                   "devices"])},
+                          optional={"agent": st.integers() | st.text(max_size=5),
+                                    "base_url": st.none() | st.integers(),
+                                    "x": st.text(max_size=5)})
+    .map(lambda d: json.dumps(d).encode()),
+)
+
+
+def test_fuzzed_requests_never_crash_the_controller_or_break_the_call(serve: Any) -> None:
+    served = serve(speech_at=[30.0])
+    in_call(served)
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(served.endpoint)
+
+    @settings(max_examples=300, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(frame=frames)
+    def one(frame: bytes) -> None:
+        sock.send(frame)
+        assert sock.poll(3000), f"no reply to {frame[:60]!r}"
+        reply = json.loads(sock.recv())
+        assert isinstance(reply["ok"], bool)
+        if not reply["ok"]:
+            assert reply["error"] and "\n" not in reply["error"]
+
+    try:
+        one()
+    finally:
+        sock.close()
+    status = served.request({"cmd": "status"})
+    assert status["state"] == "in_call", "the call survived the fuzz"
+    assert served.proc.poll() is None
+
+
+def test_readme_scripted_hangup_runs_as_written(serve: Any, tmp_path: Path) -> None:
+    served = serve(speech_at=[30.0])
+    in_call(served)
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert 's.send_json({"cmd": "hangup"})' in block
+    script = tmp_path / "hangup.py"
+    script.write_text(block)
+    env = dict(os.environ, CALLCTL_ENDPOINT=served.endpoint)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=20, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "'ok': True" in out.stdout
+    ended(served)
