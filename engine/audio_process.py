@@ -101,6 +101,7 @@ class AudioEngine:
             device=self.device.name,
             device_rate=self.device.rate,
             period_frames=self.device.period_frames,
+            output_latency_ms=round(self.device.output_latency * 1000, 2),
             rings={"playback": self.playback.name, "capture": self.capture.name},
             playback_queued=self.playback.available(),
             levels={"in_dbfs": _round(dbfs(cb.peak_in)), "out_dbfs": _round(dbfs(cb.peak_out))},

@@ -24,6 +24,9 @@ class AudioDevice(Protocol):
     period_frames: int
     """Frames per callback, at the device rate."""
     name: str
+    output_latency: float
+    """Seconds from the callback producing a period to its first sample playing
+    (PortAudio's own figure; 0 for the virtual device)."""
 
     def set_handler(self, handler: PeriodHandler) -> None:
         """Install the per-period handler; call before ``start``."""

@@ -76,6 +76,7 @@ class PortAudioDevice:
                     frames_per_buffer=self.period_frames,
                     stream_callback=self._callback, start=False,
                 )
+            self.output_latency = float(self._stream.get_output_latency())
         except OSError as exc:
             self._pa.terminate()
             raise DeviceError(f"cannot open audio device {device!r}: {exc}") from None

@@ -41,6 +41,7 @@ class VirtualDevice:
         self.rate = rate
         self.period_frames = period_frames
         self.name = "virtual"
+        self.output_latency = 0.0  # a period plays from the moment it is produced
         self._mic = read_mono_16k(mic, rate) if mic else np.zeros(0, np.int16)
         self._mic_pos = 0
         self._handler: PeriodHandler | None = None

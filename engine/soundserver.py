@@ -1,0 +1,1012 @@
+"""A private PulseAudio server and an external playback observer, for tests and benchmarks.
+
+The machines have no sound card, yet the engine must be tested against a real
+sound server reached through PortAudio, and the *hangup → silence* figure must
+be measured by an audio client outside the engine (see DESIGN.md,
+"Measurements"). This module provides both.
+
+``PulseServer``
+    Starts a private ``pulseaudio`` daemon (also as root), in a unique
+    temporary directory, with two clocked null sinks:
+
+    * the **speaker**, ``callctl_speaker`` (default sink): what is played to it
+      can be recorded from ``callctl_speaker.monitor``;
+    * the **microphone**, ``callctl_mic``: its monitor ``callctl_mic.monitor``
+      is the default *source*, so a PortAudio input stream records whatever a
+      test plays into ``callctl_mic`` (``PulseServer.feed_mic``) -- simulated
+      caller speech -- and silence otherwise.
+
+    Both run at 16000 Hz, mono, s16le (the agent's format), so PortAudio
+    streams opened at 16000 Hz mono int16 are not resampled by the server.
+
+    ``PulseServer.env`` holds the environment variables a *child process*
+    needs so that PortAudio (ALSA host API, through the ALSA ``pulse`` plugin
+    of libasound2-plugins) reaches this server. Under that environment PortAudio
+    lists two devices, ``pulse`` and ``default``, both full duplex and both
+    routed to this server (``default`` because of the pulseaudio package's
+    ``/etc/alsa/conf.d/99-pulse.conf`` hook, which redirects it only when a
+    server is reachable). The environment must be in place before ALSA reads
+    its configuration, i.e. before the first ``pyaudio.PyAudio()`` in that
+    process: start a subprocess with ``env={**os.environ, **server.env}``
+    rather than patching ``os.environ`` of a process that already used ALSA.
+
+``PlaybackObserver``
+    Records a sink's monitor with ``parec`` (raw s16le, mono, 16 kHz, 5 ms
+    fragments) in a reader thread, stamps every chunk with ``time.monotonic()``
+    at its arrival, and answers "when was the first / last sound after t0".
+    ``time.monotonic()`` is ``CLOCK_MONOTONIC`` on Linux, shared by all
+    processes, so times from an engine subprocess compare directly.
+
+The render block (why the server keeps "keeper" streams)
+---------------------------------------------------------
+PulseAudio's null sink renders ahead of its clock by its requested latency and
+sleeps until that block has elapsed. With no client it requests its maximum,
+2 s: a stream that connects to an idle null sink then waits up to 2 s for its
+first period, and a monitor recorder up to 2 s for its first data. So right
+after startup the server suspends and resumes each null sink around
+connecting a ``parec`` "keeper" stream (output to ``/dev/null``) that requests
+``block_ms`` (default 5 ms) of latency. From then on each null sink behaves
+like a device with a 5 ms period: new streams start at once and the monitor
+delivers one 80-sample chunk every 5 ms. (A client asking for less latency
+shrinks the block further while it plays; the observer copes, see there.)
+The sinks are loaded with ``norewinds=1`` so that their monitors record
+exactly what was rendered (``PlaybackObserver`` explains why).
+
+When the daemon dies (``PulseServer.kill``) a PortAudio callback stream on it
+simply stops being called back: ``is_active()`` turns False within a period,
+no status flag is raised, and ``stop_stream()`` / ``close()`` return at once.
+
+Units: rates in Hz (frames per second; mono, so a frame is one sample), times
+in seconds of ``time.monotonic()`` unless a name ends in ``_ms``, levels in
+dBFS relative to a full-scale int16 value of 32768.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "FULL_SCALE",
+    "ObserverError",
+    "PlaybackObserver",
+    "PulseServer",
+    "PulseServerError",
+    "dbfs",
+    "dbfs_to_amplitude",
+    "find_portaudio_device",
+    "peak_dbfs",
+]
+
+#: Full-scale magnitude of int16 PCM, the 0 dBFS reference.
+FULL_SCALE = 32768.0
+
+#: Seconds a single ``pactl`` call may take before it is abandoned.
+_PACTL_TIMEOUT = 3.0
+
+_server_counter = itertools.count(1)
+
+_SPEAKER = "callctl_speaker"
+_MIC = "callctl_mic"
+
+
+class PulseServerError(RuntimeError):
+    """The private PulseAudio server could not be started or queried."""
+
+
+class ObserverError(RuntimeError):
+    """The playback observer could not start recording."""
+
+
+# --------------------------------------------------------------------------- levels
+
+
+def dbfs_to_amplitude(level_dbfs: float) -> float:
+    """Return the int16 sample magnitude corresponding to ``level_dbfs`` (dBFS re 32768)."""
+    return FULL_SCALE * 10.0 ** (level_dbfs / 20.0)
+
+
+def dbfs(samples: npt.ArrayLike) -> float:
+    """RMS level of int16 ``samples`` in dBFS (re 32768); ``-inf`` for silence or no samples.
+
+    A full-scale square wave is 0 dBFS and a full-scale sine about -3 dBFS.
+    """
+    x = np.asarray(samples, dtype=np.float64)
+    if x.size == 0:
+        return -math.inf
+    rms = float(np.sqrt(np.mean(x * x)))
+    return 20.0 * math.log10(rms / FULL_SCALE) if rms > 0.0 else -math.inf
+
+
+def peak_dbfs(samples: npt.ArrayLike) -> float:
+    """Peak level of int16 ``samples`` in dBFS (re 32768); ``-inf`` for silence or no samples."""
+    x = np.asarray(samples, dtype=np.float64)
+    if x.size == 0:
+        return -math.inf
+    peak = float(np.max(np.abs(x)))
+    return 20.0 * math.log10(peak / FULL_SCALE) if peak > 0.0 else -math.inf
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _which(program: str) -> str:
+    path = shutil.which(program)
+    if path is None:
+        raise PulseServerError(
+            f"{program!r} not found on PATH (Debian packages: pulseaudio, pulseaudio-utils)"
+        )
+    return path
+
+
+def _child_argv(argv: Sequence[str], die_with_parent: bool) -> list[str]:
+    """Prefix ``argv`` with ``setpriv --pdeathsig KILL`` when asked and available.
+
+    The parent-death signal is delivered when the *thread* that spawned the
+    child exits, so only spawn from a thread that outlives the child (the main
+    thread, a pytest fixture) when ``die_with_parent`` is true.
+    """
+    setpriv = shutil.which("setpriv")
+    if die_with_parent and setpriv is not None:
+        return [setpriv, "--pdeathsig", "KILL", "--", *argv]
+    return list(argv)
+
+
+def _reap(proc: subprocess.Popen[bytes], term_timeout: float, kill_timeout: float) -> None:
+    """Stop ``proc`` with SIGTERM, then SIGKILL; each wait bounded (seconds)."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        proc.wait(timeout=term_timeout)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=kill_timeout)
+
+
+def _cleanup(procs: list[subprocess.Popen[bytes]], tmpdir: str) -> None:
+    """Finaliser shared by ``PulseServer.stop`` and garbage collection / interpreter exit."""
+    # Keepers first (they are clients, appended after the daemon), the daemon last.
+    for proc in reversed(procs):
+        _reap(proc, term_timeout=3.0, kill_timeout=3.0)
+    procs.clear()
+    shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _pcm_bytes(samples: npt.ArrayLike) -> bytes:
+    x = np.asarray(samples)
+    if x.dtype != np.int16:
+        if np.issubdtype(x.dtype, np.floating):
+            x = np.clip(np.round(x * 32767.0), -32768, 32767)
+        x = x.astype(np.int16)
+    return np.ascontiguousarray(x.reshape(-1)).astype("<i2", copy=False).tobytes()
+
+
+def find_portaudio_device(pa: object, name: str = "pulse") -> int:
+    """Index of the PortAudio device called ``name`` (``"pulse"`` or ``"default"``).
+
+    ``pa`` is a ``pyaudio.PyAudio`` instance created under ``PulseServer.env``.
+    Raises ``LookupError`` if no device has that exact name.
+    """
+    count = pa.get_device_count()  # type: ignore[attr-defined]
+    for index in range(count):
+        info = pa.get_device_info_by_index(index)  # type: ignore[attr-defined]
+        if info.get("name") == name:
+            return index
+    raise LookupError(f"no PortAudio device named {name!r} among {count}")
+
+
+# --------------------------------------------------------------------------- server
+
+
+class PulseServer:
+    """A private PulseAudio daemon with a speaker and a microphone null sink.
+
+    Use as a context manager (or call ``start()`` / ``stop()``)::
+
+        with PulseServer() as server, PlaybackObserver(server) as observer:
+            subprocess.run([...], env={**os.environ, **server.env}, timeout=30)
+            t_last = observer.last_sound_after(t0)
+
+    Daemon command line (``--daemonize=no`` keeps it our child; running as
+    root only earns a warning in user mode)::
+
+        pulseaudio --daemonize=no --system=false -n --file=<tmp>/server.pa
+            --exit-idle-time=-1 --use-pid-file=no --disable-shm=yes
+            --high-priority=no --realtime=no --log-target=stderr
+
+    with ``HOME``, ``XDG_CONFIG_HOME``, ``PULSE_RUNTIME_PATH`` and
+    ``PULSE_STATE_PATH`` pointing into the temporary directory (nothing is
+    read from or written to the real home), and ``server.pa`` loading
+    ``module-native-protocol-unix`` on ``<tmp>/native`` (anonymous auth), the
+    two null sinks (``rate=16000 channels=1 format=s16le channel_map=mono
+    norewinds=1``) and setting the defaults. The daemon keeps running when a
+    line of that script fails (``.fail`` and ``--fail`` notwithstanding), so
+    ``start()`` checks the defaults and fails fast with the log. ``-n`` skips ``default.pa``, so
+    no hardware, D-Bus, X11 or suspend-on-idle module is loaded. Client
+    autospawn is off (``PULSE_CLIENTCONFIG``), so a dead server stays dead.
+
+    Attributes:
+        name: unique name of this server (also the temp directory's prefix).
+        rate: sample rate of both null sinks, Hz.
+        block_ms: render block the keepers impose on the null sinks, ms.
+        sink / monitor: the speaker null sink and the source recording it.
+        mic_sink / source: the microphone null sink and its monitor, the
+            default source.
+        env: environment variables for child processes (see module doc).
+        tmpdir: the private directory, removed by ``stop()``.
+    """
+
+    def __init__(
+        self,
+        *,
+        rate: int = 16000,
+        block_ms: float = 5.0,
+        name: str | None = None,
+        start_timeout: float = 10.0,
+        die_with_parent: bool = True,
+    ) -> None:
+        """Configure (not start) a server.
+
+        Args:
+            rate: sample rate of both null sinks in Hz.
+            block_ms: latency requested by the keeper streams in ms, which
+                becomes the null sinks' render block (device period).
+            name: unique name; default ``callctl-<pid>-<n>``.
+            start_timeout: bound on the whole startup in seconds.
+            die_with_parent: have the kernel SIGKILL the daemon and keepers
+                when the spawning thread dies (``setpriv --pdeathsig``).
+        """
+        if rate <= 0:
+            raise ValueError(f"rate must be positive, got {rate}")
+        if block_ms <= 0:
+            raise ValueError(f"block_ms must be positive, got {block_ms}")
+        self.rate = int(rate)
+        self.block_ms = float(block_ms)
+        self.name = name or f"callctl-{os.getpid()}-{next(_server_counter)}"
+        self.start_timeout = float(start_timeout)
+        self.die_with_parent = die_with_parent
+        self.sink = _SPEAKER
+        self.monitor = f"{_SPEAKER}.monitor"
+        self.mic_sink = _MIC
+        self.source = f"{_MIC}.monitor"
+        self.env: dict[str, str] = {}
+        self.tmpdir: Path | None = None
+        self.socket_path: Path | None = None
+        self.log_path: Path | None = None
+        self._daemon: subprocess.Popen[bytes] | None = None
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._finalizer: weakref.finalize | None = None
+        self._log_file: IO[bytes] | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def __enter__(self) -> PulseServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the daemon, or None before ``start()``."""
+        return self._daemon.pid if self._daemon is not None else None
+
+    @property
+    def alive(self) -> bool:
+        """True while the daemon process runs (it may still be starting)."""
+        return self._daemon is not None and self._daemon.poll() is None
+
+    def start(self) -> PulseServer:
+        """Start the daemon and its keepers; return self once it answers.
+
+        Bounded by ``start_timeout`` seconds overall. On any failure everything
+        started so far is stopped, the temp directory removed, and
+        ``PulseServerError`` (with the daemon log) raised.
+        """
+        if self._daemon is not None:
+            raise PulseServerError(f"server {self.name} already started")
+        pulseaudio = _which("pulseaudio")
+        _which("pactl")
+        parec = _which("parec")
+        deadline = time.monotonic() + self.start_timeout
+
+        tmpdir = tempfile.mkdtemp(prefix=f"{self.name}-")
+        self.tmpdir = Path(tmpdir)
+        self._finalizer = weakref.finalize(self, _cleanup, self._procs, tmpdir)
+        try:
+            self._write_config()
+            self._daemon = self._spawn_daemon(pulseaudio)
+            self._wait_ready(deadline)
+            for sink in (self.sink, self.mic_sink):
+                self._attach_keeper(parec, sink, deadline)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop keepers and daemon (SIGTERM, then SIGKILL) and remove the temp dir.
+
+        Idempotent; every wait is bounded (at most about 6 s per process).
+        """
+        if self._finalizer is not None:
+            self._finalizer()  # runs _cleanup once
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def kill(self) -> None:
+        """Kill the daemon abruptly (SIGKILL), as a crashing sound server would die.
+
+        Clients lose their connection; the keepers exit by themselves. The
+        temp directory stays until ``stop()`` so the log can be read.
+        """
+        if self._daemon is None:
+            raise PulseServerError("server not started")
+        with contextlib.suppress(ProcessLookupError):
+            self._daemon.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._daemon.wait(timeout=5.0)
+
+    # -- queries and helpers ---------------------------------------------------
+
+    def log(self) -> str:
+        """The daemon's log so far (stderr, notice level), or '' if none."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+    def child_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """``base`` (default ``os.environ``) updated with ``env``: pass to ``subprocess``."""
+        merged = dict(os.environ if base is None else base)
+        merged.update(self.env)
+        return merged
+
+    def pactl(self, *args: str, timeout: float = _PACTL_TIMEOUT) -> str:
+        """Run ``pactl ARGS`` against this server; return stdout.
+
+        Raises ``PulseServerError`` on a non-zero exit or after ``timeout`` s.
+        """
+        try:
+            result = subprocess.run(
+                [_which("pactl"), *args],
+                env=self.child_env(),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise PulseServerError(f"pactl {' '.join(args)} timed out after {timeout} s") from exc
+        if result.returncode != 0:
+            raise PulseServerError(
+                f"pactl {' '.join(args)} failed ({result.returncode}): "
+                f"{result.stderr.decode(errors='replace').strip()}"
+            )
+        return result.stdout.decode(errors="replace")
+
+    def info(self, timeout: float = _PACTL_TIMEOUT) -> dict[str, str]:
+        """``pactl info`` as a dict (keys like ``'Default Sink'``); bounded by ``timeout`` s."""
+        out = self.pactl("info", timeout=timeout)
+        pairs = (line.split(":", 1) for line in out.splitlines() if ":" in line)
+        return {k.strip(): v.strip() for k, v in pairs}
+
+    def play(
+        self,
+        samples: npt.ArrayLike,
+        *,
+        device: str | None = None,
+        rate: int | None = None,
+        latency_ms: float = 10.0,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Play mono PCM into a sink with ``pacat`` (a separate client).
+
+        Args:
+            samples: int16 samples, or floats in [-1, 1] (scaled by 32767).
+            device: sink name, default the speaker ``sink``.
+            rate: sample rate of ``samples`` in Hz, default ``self.rate``.
+            latency_ms: pacat's buffer in ms.
+            wait: wait until pacat has drained and exited.
+            timeout: bound on that wait in seconds; default duration + 5 s.
+
+        Returns the ``pacat`` process (already finished when ``wait``).
+        """
+        if self.tmpdir is None or not self.alive:
+            raise PulseServerError("server not running")
+        rate = self.rate if rate is None else int(rate)
+        data = _pcm_bytes(samples)
+        fd, raw_path = tempfile.mkstemp(suffix=".raw", dir=self.tmpdir)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        argv = [
+            _which("pacat"),
+            "--playback",
+            f"--device={device or self.sink}",
+            "--raw",
+            "--format=s16le",
+            f"--rate={rate}",
+            "--channels=1",
+            f"--latency-msec={latency_ms:g}",
+            "--client-name=callctl-test-player",
+            raw_path,
+        ]
+        proc = subprocess.Popen(
+            _child_argv(argv, self.die_with_parent),
+            env=self.child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        if wait:
+            limit = timeout if timeout is not None else len(data) / 2 / rate + 5.0
+            try:
+                _, err = proc.communicate(timeout=limit)
+            except subprocess.TimeoutExpired as exc:
+                _reap(proc, 1.0, 1.0)
+                raise PulseServerError(f"pacat did not finish within {limit:.1f} s") from exc
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(raw_path)
+            if proc.returncode != 0:
+                raise PulseServerError(
+                    f"pacat failed ({proc.returncode}): {err.decode(errors='replace').strip()}"
+                )
+        return proc
+
+    def feed_mic(
+        self, samples: npt.ArrayLike, *, wait: bool = False, timeout: float | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Play ``samples`` (16 kHz unless ``rate`` differs) into the microphone sink.
+
+        Whatever records the default source (``callctl_mic.monitor``) hears
+        it: this simulates the caller speaking. Non-blocking by default; the
+        caller should ``wait(timeout=...)`` on the returned process.
+        """
+        return self.play(samples, device=self.mic_sink, wait=wait, timeout=timeout)
+
+    # -- internals -------------------------------------------------------------
+
+    def _write_config(self) -> None:
+        assert self.tmpdir is not None
+        tmp = self.tmpdir
+        self.socket_path = tmp / "native"
+        if len(str(self.socket_path)) >= 100:
+            raise PulseServerError(
+                f"socket path too long for AF_UNIX: {self.socket_path} (set TMPDIR shorter)"
+            )
+        for sub in ("runtime", "state", "home", "config"):
+            (tmp / sub).mkdir(mode=0o700)
+        self.log_path = tmp / "pulseaudio.log"
+        spec = f"rate={self.rate} channels=1 format=s16le channel_map=mono norewinds=1"
+        script = "\n".join(
+            [
+                "load-module module-native-protocol-unix "
+                f'socket="{self.socket_path}" auth-anonymous=1',
+                f"load-module module-null-sink sink_name={self.sink} {spec} "
+                "sink_properties=device.description=callctl-speaker",
+                f"load-module module-null-sink sink_name={self.mic_sink} {spec} "
+                "sink_properties=device.description=callctl-mic",
+                f"set-default-sink {self.sink}",
+                f"set-default-source {self.source}",
+                "",
+            ]
+        )
+        (tmp / "server.pa").write_text(script)
+        server = f"unix:{self.socket_path}"
+        (tmp / "client.conf").write_text(
+            f"autospawn = no\ndefault-server = {server}\nenable-shm = no\n"
+        )
+        self.env = {
+            "PULSE_SERVER": server,
+            "PULSE_RUNTIME_PATH": str(tmp / "runtime"),
+            "PULSE_STATE_PATH": str(tmp / "state"),
+            "PULSE_CLIENTCONFIG": str(tmp / "client.conf"),
+            "PULSE_COOKIE": str(tmp / "cookie"),
+            "PULSE_SINK": self.sink,
+            "PULSE_SOURCE": self.source,
+        }
+
+    def _spawn_daemon(self, pulseaudio: str) -> subprocess.Popen[bytes]:
+        assert self.tmpdir is not None and self.log_path is not None
+        tmp = self.tmpdir
+        daemon_env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(tmp / "home"),
+            "XDG_CONFIG_HOME": str(tmp / "config"),
+            "XDG_RUNTIME_DIR": str(tmp / "runtime"),
+            "PULSE_RUNTIME_PATH": str(tmp / "runtime"),
+            "PULSE_STATE_PATH": str(tmp / "state"),
+            "LANG": "C",
+        }
+        argv = [
+            pulseaudio,
+            "--daemonize=no",
+            "--system=false",
+            "-n",
+            f"--file={tmp / 'server.pa'}",
+            "--exit-idle-time=-1",
+            "--use-pid-file=no",
+            "--disable-shm=yes",
+            "--high-priority=no",
+            "--realtime=no",
+            "--log-target=stderr",
+        ]
+        self._log_file = open(self.log_path, "wb")  # closed in stop()
+        proc = subprocess.Popen(
+            _child_argv(argv, self.die_with_parent),
+            env=daemon_env,
+            cwd=tmp,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._procs.append(proc)
+        return proc
+
+    def _wait_ready(self, deadline: float) -> None:
+        """Poll ``pactl info`` until the server answers with our defaults (bounded)."""
+        last_error = "no attempt"
+        while True:
+            assert self._daemon is not None
+            if self._daemon.poll() is not None:
+                raise PulseServerError(
+                    f"pulseaudio exited with {self._daemon.returncode} during startup:\n"
+                    + self.log()
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PulseServerError(
+                    f"pulseaudio not ready within {self.start_timeout} s ({last_error}):\n"
+                    + self.log()
+                )
+            try:
+                info = self.info(timeout=min(_PACTL_TIMEOUT, max(remaining, 0.1)))
+            except PulseServerError as exc:
+                last_error = str(exc)
+                time.sleep(0.05)
+                continue
+            # The daemon accepts clients only after its startup script ran, and it
+            # keeps running when a line of it failed (even with .fail / --fail):
+            # so the first answer is final.
+            if info.get("Default Sink") != self.sink or info.get("Default Source") != self.source:
+                raise PulseServerError(
+                    "pulseaudio startup script failed (defaults are "
+                    f"{info.get('Default Sink')}/{info.get('Default Source')}):\n" + self.log()
+                )
+            return
+
+    def _attach_keeper(self, parec: str, sink: str, deadline: float) -> None:
+        """Hold ``sink``'s render block at ``block_ms`` with a monitor recorder.
+
+        Suspending the null sink first and resuming it once the keeper is
+        attached restarts its clock at "now" with the small block, instead
+        of waiting out the 2 s the idle sink had already rendered.
+        """
+        self.pactl("suspend-sink", sink, "1")
+        argv = [
+            parec,
+            f"--device={sink}.monitor",
+            "--raw",
+            "--format=s16le",
+            f"--rate={self.rate}",
+            "--channels=1",
+            f"--latency-msec={self.block_ms:g}",
+            f"--client-name=callctl-keeper-{sink}",
+        ]
+        proc = subprocess.Popen(
+            _child_argv(argv, self.die_with_parent),
+            env=self.child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self._procs.append(proc)
+        # Wait until the keeper's record stream exists, then resume the sink.
+        while True:
+            if proc.poll() is not None:
+                raise PulseServerError(f"keeper parec for {sink} exited with {proc.returncode}")
+            outputs = self.pactl("list", "short", "source-outputs")
+            if f"{sink}.monitor" in self._source_names_of(outputs):
+                break
+            if time.monotonic() > deadline:
+                raise PulseServerError(f"keeper for {sink} did not connect in time")
+            time.sleep(0.02)
+        self.pactl("suspend-sink", sink, "0")
+
+    def _source_names_of(self, short_outputs: str) -> set[str]:
+        """Names of the sources that the ``list short source-outputs`` rows record from."""
+        index_to_name: dict[str, str] = {}
+        for line in self.pactl("list", "short", "sources").splitlines():
+            cols = line.split("\t")
+            if len(cols) >= 2:
+                index_to_name[cols[0]] = cols[1]
+        names = set()
+        for line in short_outputs.splitlines():
+            cols = line.split("\t")
+            if len(cols) >= 2 and cols[1] in index_to_name:
+                names.add(index_to_name[cols[1]])
+        return names
+
+
+# --------------------------------------------------------------------------- observer
+
+
+class PlaybackObserver:
+    """An external audio client that records what a sink played, with time stamps.
+
+    ``parec --raw --format=s16le --channels=1 --rate=16000 --latency-msec=5``
+    records ``<sink>.monitor`` (by default the speaker of a ``PulseServer``);
+    a daemon thread ``os.read``-s its stdout as soon as data arrives and stores
+    every chunk with the ``time.monotonic()`` of its arrival. All sample
+    indices count samples (= frames, mono) since the observer started.
+
+    How times are estimated
+    -----------------------
+    A ``PulseServer`` null sink is clocked by ``CLOCK_MONOTONIC`` (the clock
+    of ``time.monotonic()``), renders exactly ``rate`` samples per second in
+    blocks of at most ``block_ms`` *ahead* of its clock, and posts each block
+    to its monitor as soon as it is rendered. So a chunk arrives, at the
+    earliest, at about the sink-clock time of its *first* sample (a block is
+    rendered when the clock reaches its start). For chunk *k* with arrival
+    time ``a_k`` (s) whose first sample has index ``s_k``, the naive estimate
+    puts sample 0 at ``o_k = a_k - s_k / rate``. Every delivery delay
+    (socket, parec, pipe, the GIL) only makes ``o_k`` later, so the observer
+    takes the *minimum* ``o_k`` over the chunks within ``window_s`` (0.5 s)
+    of chunk *k* -- robust against late chunks and, being local, against a
+    jump in the sink's timeline (suspend, restart)::
+
+        t(n) = min_{j near k} (a_j - s_j / rate) + n / rate      (seconds)
+
+    is the moment the null sink's clock says sample *n* was played -- the
+    analogue of a DAC time. The sinks are loaded with ``norewinds=1``: with
+    rewinds, a stream that starts or flushes makes the sink re-render what
+    its monitor already delivered, and the monitor then silently loses or
+    repeats up to a block of samples, which shifts every later time. Without
+    rewinds what was rendered is what played, sample for sample (a 300 ms
+    tone spans exactly 4799 samples on the monitor), and a stream's new data
+    starts at the next block boundary (<= 5 ms).
+
+    What the observer adds (measured on this project's 2-core machine,
+    PulseAudio 16.1, PortAudio 19.6 ALSA ``pulse`` device, 16 kHz mono,
+    5 ms blocks)
+    -------------------------------------------------------------------
+    A PyAudio full-duplex callback stream (separate process) writes a 1 ms
+    click in the middle of a period every 200 ms, 30 clicks per run, and
+    reports ``time.monotonic()`` at the callback and its own DAC estimate
+    (callback time + ``output_buffer_dac_time - current_time`` + offset /
+    rate). ``first_sound_after`` minus the *callback time* is the whole
+    output path; its spread within a run is the observer's jitter (plus the
+    stream's), since that path is fixed while the stream runs:
+
+    ============================  ====  ===========  ==================
+    period (frames at 16 kHz)     runs  std in run   median per run
+    ============================  ====  ===========  ==================
+    160 (10 ms), idle             5     0.05-0.08    29.9 ms (all runs)
+    80 (5 ms), idle               5     0.04-0.06    16.1-17.5 ms
+    320 (20 ms), idle             3     0.05-0.08    51.6-54.9 ms
+    160, two CPU hogs on 2 cores  3     0.02-0.37    27.6-30.0 ms
+    ============================  ====  ===========  ==================
+
+    (The medians are the engine-side latency, callback to played, not the
+    observer's: PortAudio reports 30 ms output latency at 160 frames.)
+    Against PortAudio's own DAC estimate the observer agrees to -0.05 ..
+    +0.35 ms (p0..p100) at 160 and 320 frames, idle or loaded; at 80 frames
+    PortAudio's estimate drifted by up to 14 ms within some runs while
+    callback-to-observed stayed constant to 0.1 ms -- the DAC estimate is the
+    less reliable clock. Deliveries: chunks (one 80-sample block each) reach
+    the reader p50 0.09 ms, p99 0.3-1.8 ms, max 5-13 ms after the estimated
+    time of their first sample; that lateness is what a naive per-chunk
+    estimate would add, and the minimum filter removes it. So: the time base
+    is good to about ±0.5 ms; an event's time is resolved to one sample
+    (62.5 µs); and a played sample becomes visible to ``samples()`` about
+    one block (<= 5 ms) plus the delivery delay after its time, which is why
+    ``wait_until()`` exists.
+    """
+
+    def __init__(
+        self,
+        server: PulseServer | None = None,
+        *,
+        source: str | None = None,
+        env: Mapping[str, str] | None = None,
+        rate: int = 16000,
+        latency_ms: float = 5.0,
+        window_s: float = 0.5,
+        start_timeout: float = 5.0,
+        die_with_parent: bool = True,
+    ) -> None:
+        """Configure (not start) an observer.
+
+        Args:
+            server: the server whose speaker monitor to record; its ``env`` is used.
+            source: PulseAudio source to record instead (e.g. ``server.source``
+                to observe the microphone), default ``server.monitor``.
+            env: extra environment for ``parec`` (e.g. another server's ``env``).
+            rate: recording rate in Hz; should equal the sink's rate.
+            latency_ms: parec fragment size in ms (``--latency-msec``).
+            window_s: half-width in seconds of the minimum filter on arrivals.
+            start_timeout: bound in seconds on waiting for the first chunk.
+            die_with_parent: SIGKILL parec when the spawning thread dies.
+        """
+        if server is None and source is None:
+            raise ValueError("give a server or a source")
+        self.source: str = source if source is not None else server.monitor  # type: ignore[union-attr]
+        self.rate = int(rate)
+        self.latency_ms = float(latency_ms)
+        self.window_s = float(window_s)
+        self.start_timeout = float(start_timeout)
+        self.die_with_parent = die_with_parent
+        self._env = dict(os.environ)
+        if server is not None:
+            self._env.update(server.env)
+        if env is not None:
+            self._env.update(env)
+        self._lock = threading.Lock()
+        self._arrivals: list[float] = []
+        self._ends: list[int] = []
+        self._chunks: list[npt.NDArray[np.int16]] = []
+        self._total = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._thread: threading.Thread | None = None
+        self._stderr: IO[bytes] | None = None
+        self._got_data = threading.Event()
+        self._eof = threading.Event()
+        self._cache: tuple[int, npt.NDArray[np.int64], npt.NDArray[np.float64]] | None = None
+        self._samples_cache: tuple[int, npt.NDArray[np.int16]] | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def __enter__(self) -> PlaybackObserver:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def alive(self) -> bool:
+        """True while parec runs and its stdout is open."""
+        return self._proc is not None and self._proc.poll() is None and not self._eof.is_set()
+
+    def start(self) -> PlaybackObserver:
+        """Start parec and the reader; return once the first chunk arrived.
+
+        Raises ``ObserverError`` (with parec's stderr) if no data arrives
+        within ``start_timeout`` seconds.
+        """
+        if self._proc is not None:
+            raise ObserverError("observer already started")
+        argv = [
+            _which("parec"),
+            f"--device={self.source}",
+            "--raw",
+            "--format=s16le",
+            f"--rate={self.rate}",
+            "--channels=1",
+            f"--latency-msec={self.latency_ms:g}",
+            "--client-name=callctl-observer",
+        ]
+        self._stderr = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(
+            _child_argv(argv, self.die_with_parent),
+            env=self._env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            bufsize=0,
+        )
+        self._thread = threading.Thread(target=self._reader, name="callctl-observer", daemon=True)
+        self._thread.start()
+        if not self._got_data.wait(self.start_timeout) or self._total == 0:
+            err = self._stderr_text()
+            self.stop()
+            raise ObserverError(
+                f"no audio from {self.source} within {self.start_timeout} s: {err.strip()}"
+            )
+        return self
+
+    def stop(self) -> None:
+        """Stop parec and the reader thread (bounded waits); keep the recording."""
+        if self._proc is not None:
+            _reap(self._proc, term_timeout=2.0, kill_timeout=2.0)
+            if self._proc.stdout is not None:
+                with contextlib.suppress(OSError):
+                    self._proc.stdout.close()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+    def _stderr_text(self) -> str:
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")
+
+    def _reader(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        carry = b""
+        try:
+            while True:
+                try:
+                    buf = os.read(fd, 65536)
+                except OSError:
+                    break
+                now = time.monotonic()
+                if not buf:
+                    break
+                if carry:
+                    buf, carry = carry + buf, b""
+                if len(buf) % 2:
+                    buf, carry = buf[:-1], buf[-1:]
+                if not buf:
+                    continue
+                chunk = np.frombuffer(buf, dtype="<i2").astype(np.int16)
+                with self._lock:
+                    self._total += chunk.size
+                    self._chunks.append(chunk)
+                    self._arrivals.append(now)
+                    self._ends.append(self._total)
+                self._got_data.set()
+        finally:
+            self._eof.set()
+            self._got_data.set()
+
+    # -- data ----------------------------------------------------------------
+
+    def samples(self) -> npt.NDArray[np.int16]:
+        """Everything recorded so far, int16 mono at ``rate`` Hz (a copy)."""
+        with self._lock:
+            n = len(self._chunks)
+            if self._samples_cache is not None and self._samples_cache[0] == n:
+                return self._samples_cache[1].copy()
+            chunks = list(self._chunks)
+        data = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+        self._samples_cache = (n, data)
+        return data.copy()
+
+    def _chunk_times(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """(index of each chunk's first sample, estimated time of that sample in s)."""
+        with self._lock:
+            n = len(self._arrivals)
+            if self._cache is not None and self._cache[0] == n:
+                return self._cache[1], self._cache[2]
+            arrivals = np.array(self._arrivals, dtype=np.float64)
+            ends = np.array(self._ends, dtype=np.int64)
+        if n == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float64)
+        sizes = np.diff(ends, prepend=0)
+        starts = ends - sizes
+        # Each chunk is (at best) delivered at the time of its first sample.
+        offsets = arrivals - starts / self.rate
+        period = float(np.median(sizes)) / self.rate
+        half = max(1, round(self.window_s / period)) if period > 0 else 1
+        padded = np.pad(offsets, half, constant_values=np.inf)
+        anchors = np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1).min(axis=1)
+        first_times = anchors + starts / self.rate
+        self._cache = (n, starts, first_times)
+        return starts, first_times
+
+    def times_of(self, indices: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Estimated play times (s, monotonic) of the samples at ``indices``."""
+        idx = np.asarray(indices, dtype=np.int64)
+        starts, first_times = self._chunk_times()
+        if starts.size == 0:
+            return np.full(idx.shape, np.nan)
+        chunk = np.clip(np.searchsorted(starts, idx, side="right") - 1, 0, starts.size - 1)
+        return first_times[chunk] + (idx - starts[chunk]) / self.rate
+
+    def sample_times(self) -> npt.NDArray[np.float64]:
+        """Estimated play time (s, monotonic) of every recorded sample."""
+        with self._lock:
+            total = self._total
+        return self.times_of(np.arange(total))
+
+    def recorded_until(self) -> float | None:
+        """Estimated time (s) just after the last recorded sample, or None if none yet."""
+        with self._lock:
+            total = self._total
+        if total == 0:
+            return None
+        return float(self.times_of([total - 1])[0]) + 1.0 / self.rate
+
+    def wait_until(self, t: float, timeout: float) -> bool:
+        """Block until samples up to time ``t`` (s) are recorded; at most ``timeout`` s.
+
+        Returns False on timeout or if the recorder stopped first.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            until = self.recorded_until()
+            if until is not None and until >= t:
+                return True
+            if self._eof.is_set() or time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+
+    def segment(self, t_start: float, t_end: float) -> npt.NDArray[np.int16]:
+        """The samples whose estimated times lie in ``[t_start, t_end)`` (s)."""
+        data = self.samples()
+        times = self.times_of(np.arange(data.size))
+        return data[(times >= t_start) & (times < t_end)]
+
+    def _loud_times(
+        self, t0: float, threshold_dbfs: float, until: float | None
+    ) -> npt.NDArray[np.float64]:
+        data = self.samples()
+        amplitude = dbfs_to_amplitude(threshold_dbfs)
+        loud = np.flatnonzero(np.abs(data.astype(np.int32)) > amplitude)
+        times = self.times_of(loud)
+        keep = times >= t0
+        if until is not None:
+            keep &= times < until
+        return times[keep]
+
+    def first_sound_after(
+        self, t0: float, threshold_dbfs: float = -60.0, until: float | None = None
+    ) -> float | None:
+        """Time (s) of the first sample at or after ``t0`` whose magnitude exceeds the threshold.
+
+        A sample counts as sound when ``|x| > 32768 * 10**(threshold_dbfs / 20)``
+        (-60 dBFS: |x| >= 33). ``until`` (s) bounds the search. None if no sound.
+        """
+        times = self._loud_times(t0, threshold_dbfs, until)
+        return float(times[0]) if times.size else None
+
+    def last_sound_after(
+        self, t0: float, threshold_dbfs: float = -60.0, until: float | None = None
+    ) -> float | None:
+        """Time (s) of the last sample at or after ``t0`` whose magnitude exceeds the threshold.
+
+        Only final once the recording extends past the sound: call
+        ``wait_until(t, timeout)`` for a ``t`` safely after it first.
+        Same threshold rule as ``first_sound_after``. None if no sound.
+        """
+        times = self._loud_times(t0, threshold_dbfs, until)
+        return float(times[-1]) if times.size else None
+
+    def delivery_delays(self) -> npt.NDArray[np.float64]:
+        """Per chunk, its arrival minus the estimated time of its first sample (s, >= 0).
+
+        This is the lateness a naive per-chunk estimate would add; its spread
+        shows how busy the observing process and the server are.
+        """
+        with self._lock:
+            arrivals = np.array(self._arrivals, dtype=np.float64)
+        _, first_times = self._chunk_times()
+        return arrivals - first_times[: arrivals.size]

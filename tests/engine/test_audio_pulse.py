@@ -1,0 +1,127 @@
+"""The audio process on PortAudio against a real sound server, with an external observer.
+
+A fixture starts a private PulseAudio daemon (null sinks as speaker and
+microphone). The audio process opens PortAudio's ALSA ``pulse`` device — one
+full-duplex callback stream — and a separate client (``parec`` on the
+speaker's monitor) records what was actually played, stamped with its time.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.audio_client import AudioProcess
+from engine.ring import AudioRing
+from engine.soundserver import PlaybackObserver, PulseServer
+
+RATE = 16_000
+
+
+@pytest.fixture(scope="module")
+def pulse() -> Iterator[PulseServer]:
+    with PulseServer() as server:
+        yield server
+
+
+@pytest.fixture
+def observer(pulse: PulseServer) -> Iterator[PlaybackObserver]:
+    with PlaybackObserver(pulse) as obs:
+        yield obs
+
+
+def spawn(tmp: Path, pulse: PulseServer, *extra: str) -> AudioProcess:
+    prefix = f"callctl-pa-{uuid.uuid4().hex[:8]}"
+    proc = AudioProcess(f"ipc://{tmp}/audio", prefix, ["--device", "pulse", *extra],
+                        env=pulse.child_env(), stderr=subprocess.PIPE)
+    proc.wait_ready()
+    return proc
+
+
+def tone(seconds: float, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    return (0.5 * 32767 * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+
+
+def test_hangup_silences_the_device_as_an_external_observer_hears_it(
+        tmp_path: Path, pulse: PulseServer, observer: PlaybackObserver) -> None:
+    proc = spawn(tmp_path, pulse)
+    try:
+        status = proc.request({"cmd": "status"})
+        assert status["device"] == "pulse" and status["device_rate"] == RATE
+        latency = status["output_latency_ms"] / 1000
+        period = status["period_frames"] / status["device_rate"]
+        assert proc.request({"cmd": "start"})["ok"]
+        ring = AudioRing.attach(proc.ring_prefix + "-play")
+        try:
+            ring.write(tone(5.0))
+            started = time.monotonic()
+            assert observer.wait_until(started + 1.0, timeout=5)
+            assert observer.first_sound_after(started) is not None, "the tone reached the sink"
+            sent = time.monotonic()
+            reply = proc.request({"cmd": "hangup"})
+            assert reply["ok"] and reply["was_running"]
+            for _ in range(10):  # the agent keeps writing: none of it may play
+                ring.write(tone(0.1))
+                time.sleep(0.02)
+        finally:
+            ring.close()
+        assert observer.wait_until(sent + 1.0, timeout=5)
+        last = observer.last_sound_after(sent - 0.1)
+        assert last is not None and last > sent - 0.05, "it was playing up to the hangup"
+        # One period, the fade, and what the server had already queued (its own
+        # latency, as PortAudio reports it), plus the observer's few ms.
+        bound = period + 0.005 + latency + 0.015
+        assert last - sent <= bound, f"{(last - sent) * 1000:.1f} ms > {bound * 1000:.1f} ms"
+        assert observer.first_sound_after(last + 0.001, until=sent + 1.0) is None
+    finally:
+        proc.stop()
+
+
+def test_microphone_reaches_the_capture_ring(tmp_path: Path, pulse: PulseServer) -> None:
+    proc = spawn(tmp_path, pulse)
+    try:
+        assert proc.request({"cmd": "start"})["ok"]
+        capture = AudioRing.attach(proc.ring_prefix + "-cap")
+        try:
+            capture.flush()
+            feeder = pulse.feed_mic(tone(1.0, freq=1000))
+            got = np.zeros(RATE * 3, np.int16)
+            n = 0
+            deadline = time.monotonic() + 4
+            while time.monotonic() < deadline and n < len(got):
+                n += capture.read_available_into(got[n:])
+                time.sleep(0.02)
+            feeder.wait(5)
+        finally:
+            capture.close()
+        assert np.abs(got[:n].astype(np.int32)).max() > 8000, "the caller's tone was captured"
+        proc.request({"cmd": "hangup"})
+    finally:
+        proc.stop()
+
+
+def test_portaudio_noise_is_hidden_unless_verbose(tmp_path: Path, pulse: PulseServer) -> None:
+    def stderr_of(*extra: str) -> str:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.audio_process", "--control", f"ipc://{tmp_path}/q",
+             "--rings", f"callctl-q-{uuid.uuid4().hex[:6]}", "--device", "pulse", *extra],
+            env=dict(pulse.child_env(), JACK_NO_START_SERVER="1"), stderr=subprocess.PIPE,
+            text=True)
+        time.sleep(3.0)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+        return err
+
+    assert stderr_of() == ""
+    verbose = stderr_of("--verbose")
+    assert "ALSA" in verbose or "jack" in verbose.lower(), "the noise exists and --verbose shows it"
