@@ -60,6 +60,8 @@ class ControllerConfig:
     agent_server_args: list[str] = field(default_factory=list)
     config_path: str | None = None
     verbose: bool = False
+    standby: bool = True
+    """Start the next call's agent process ahead of time (off only to measure a cold start)."""
 
     def audio_args(self) -> list[str]:
         args = []
@@ -180,7 +182,8 @@ class Controller:
         """Serve until ``shutdown``. Always reaps every child and unlinks every segment."""
         try:
             self._start_audio()
-            self._spawn_standby()
+            if self.config.standby:
+                self._spawn_standby()
             while not (self._stopping and self.state not in (CallState.STARTING,
                                                               CallState.ENDING)):
                 self._wait_and_dispatch()
@@ -321,7 +324,8 @@ class Controller:
         standby.start(agent_id, self.audio.ring_prefix, base_url, self.has_key)
         call.agent_started = True
         self.agent, self.standby = standby, None
-        self._spawn_standby()  # the next call's, warming up while this one runs
+        if self.config.standby:
+            self._spawn_standby()  # the next call's, warming up while this one runs
 
     # -- agent events -----------------------------------------------------------
 
@@ -449,7 +453,9 @@ class Controller:
                 self.standby.poke()
             elif not self._stopping:
                 self.standby.reap(0)
-                self._spawn_standby()
+                self.standby = None
+                if self.config.standby:
+                    self._spawn_standby()
 
     def _publish_levels(self, call: Call) -> None:
         if self.audio is None:

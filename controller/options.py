@@ -62,6 +62,7 @@ def add_controller_options(parser: argparse.ArgumentParser) -> None:
                         "base_url (default ~/.config/callctl/config.toml)")
     parser.add_argument("--agent-server-arg", action="append", default=[], metavar="ARG",
                         help=argparse.SUPPRESS)  # e.g. --agent-server-arg=--fault=stall (tests)
+    parser.add_argument("--no-standby", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--verbose", action="store_true",
                         help="show the children's own messages (PortAudio, the agent server)")
 
@@ -78,4 +79,5 @@ def controller_config(args: argparse.Namespace) -> ControllerConfig:
         device=args.device, mic=args.mic, speaker=args.speaker, echo=args.echo,
         agent=args.agent, base_url=args.base_url, kill_after=args.kill_after,
         agent_server_args=args.agent_server_arg, config_path=args.config, verbose=args.verbose,
+        standby=not args.no_standby,
     )
