@@ -16,6 +16,8 @@ calls:
   status         show a running controller's state and endpoints
   events         print a running controller's events as they happen
   devices        list audio devices for --device
+  gui            the window: call, hang up, levels, transcript
+  calls          past calls: when, agent, duration, hangup timings
 
 tools:
   agent-server   run the offline ElevenLabs-compatible agent server
@@ -32,6 +34,8 @@ COMMANDS = {
     "status": ("controller.client", "status_main"),
     "events": ("controller.client", "events_main"),
     "devices": ("controller.devices", "main"),
+    "gui": ("gui.app", "main"),
+    "calls": ("controller.calls", "main"),
     "agent-server": ("engine.agent_server.cli", "main"),
     "demo": ("controller.demo", "main"),
 }

@@ -51,6 +51,9 @@ class ControllerConfig:
     endpoint: str
     record_dir: Path
     device: str | None = None
+    input_device: str | None = None
+    output_device: str | None = None
+    aec: bool = True
     mic: str | None = None
     speaker: str | None = None
     echo: str | None = None
@@ -60,6 +63,8 @@ class ControllerConfig:
     agent_server_args: list[str] = field(default_factory=list)
     config_path: str | None = None
     verbose: bool = False
+    clone_voice: str | None = None
+    """Default voice-clone name for calls (``call`` may name one itself)."""
     standby: bool = True
     """Start the next call's agent process ahead of time (off only to measure a cold start)."""
 
@@ -67,6 +72,12 @@ class ControllerConfig:
         args = []
         if self.device is not None:
             args += ["--device", self.device]
+        if self.input_device is not None:
+            args += ["--input-device", self.input_device]
+        if self.output_device is not None:
+            args += ["--output-device", self.output_device]
+        if not self.aec:
+            args += ["--no-aec"]
         if self.mic:
             args += ["--mic", self.mic]
         if self.speaker:

@@ -48,6 +48,14 @@ def add_controller_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", metavar="virtual|NAME|INDEX",
                         help="audio device: 'virtual' (WAV files), a name or index from "
                         "`callctl devices`; default: the system's default device")
+    parser.add_argument("--input-device", metavar="NAME|INDEX",
+                        help="microphone, if not the --device one")
+    parser.add_argument("--output-device", metavar="NAME|INDEX",
+                        help="speaker, if not the --device one")
+    parser.add_argument("--no-aec", action="store_true",
+                        help="turn off echo cancellation (on by default; off for headsets)")
+    parser.add_argument("--clone-voice", metavar="NAME",
+                        help="after the call, clone the caller's voice on ElevenLabs as NAME")
     parser.add_argument("--mic", metavar="WAV", help="virtual device: the caller's microphone")
     parser.add_argument("--speaker", metavar="WAV",
                         help="virtual device: write what the speaker plays here")
@@ -76,7 +84,9 @@ def controller_config(args: argparse.Namespace) -> ControllerConfig:
     return ControllerConfig(
         endpoint=endpoints.control_endpoint(args.endpoint),
         record_dir=args.record_dir or default_record_dir(),
-        device=args.device, mic=args.mic, speaker=args.speaker, echo=args.echo,
+        device=args.device, input_device=args.input_device, output_device=args.output_device,
+        aec=not args.no_aec, clone_voice=args.clone_voice,
+        mic=args.mic, speaker=args.speaker, echo=args.echo,
         agent=args.agent, base_url=args.base_url, kill_after=args.kill_after,
         agent_server_args=args.agent_server_arg, config_path=args.config, verbose=args.verbose,
         standby=not args.no_standby,

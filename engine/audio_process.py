@@ -224,7 +224,8 @@ def open_device(args: argparse.Namespace) -> AudioDevice:
         )
     from engine.devices.portaudio import PortAudioDevice
 
-    return PortAudioDevice(args.device, period_seconds=args.period_ms / 1000, verbose=args.verbose)
+    return PortAudioDevice(args.device, period_seconds=args.period_ms / 1000, verbose=args.verbose,
+                           input_device=args.input_device, output_device=args.output_device)
 
 
 def parse_echo(text: str) -> tuple[float, float]:
@@ -248,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rings", default=None, help="shared-memory name prefix for the rings")
     p.add_argument("--device", default=None,
                    help="'virtual', a PortAudio device index or name; default: system default")
+    p.add_argument("--input-device", default=None, help="PortAudio microphone (index or name)")
+    p.add_argument("--output-device", default=None, help="PortAudio speaker (index or name)")
+    p.add_argument("--no-aec", action="store_true",
+                   help="no echo cancellation on the microphone (it is on by default)")
     p.add_argument("--mic", type=Path, help="virtual device: microphone WAV")
     p.add_argument("--speaker", type=Path, help="virtual device: speaker WAV to write")
     p.add_argument("--virtual-rate", type=int, default=SAMPLE_RATE,

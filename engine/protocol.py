@@ -110,8 +110,12 @@ PUBLIC_COMMANDS: dict[str, dict[str, Field]] = {
     # {"cmd": "status"} -> {"ok": true, "state": "idle"|"starting"|"in_call"|"ending"|"failed",
     #   "call": {...}|null, "events": ENDPOINT, "protocol": 1, ...}      `callctl status`
     "status": {},
-    # {"cmd": "call", "agent": "local"|AGENT_ID, "base_url": URL} -> {"ok": true, "call_id": ID}
-    "call": {"agent": Field(_OPT_STR), "base_url": Field(_OPT_STR)},
+    # {"cmd": "call", "agent": "local"|AGENT_ID, "base_url": URL, "clone_voice": NAME}
+    #   -> {"ok": true, "call_id": ID}                                        `callctl call`
+    "call": {"agent": Field(_OPT_STR), "base_url": Field(_OPT_STR),
+             "clone_voice": Field(_OPT_STR)},
+    # {"cmd": "cancel_clone"} -> {"ok": true, "call_id": ID}: stop a voice clone in progress
+    "cancel_clone": {},
     # {"cmd": "hangup"} -> {"ok": true, "call_id": ID, "audio": {...timings}}
     #   or {"ok": false, "error": "no call to hang up"}                     `callctl hangup`
     "hangup": {},

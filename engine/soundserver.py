@@ -660,6 +660,29 @@ class PulseServer:
 # --------------------------------------------------------------------------- observer
 
 
+class _Timeline:
+    """Per-chunk and per-batch arrays behind ``PlaybackObserver``'s time estimates."""
+
+    __slots__ = ("n_chunks", "arrivals", "starts", "batch_of", "offsets", "half", "anchors")
+
+    def __init__(
+        self,
+        n_chunks: int,
+        arrivals: npt.NDArray[np.float64],
+        starts: npt.NDArray[np.int64],
+        batch_of: npt.NDArray[np.int64],
+        offsets: npt.NDArray[np.float64],
+        half: int,
+    ) -> None:
+        self.n_chunks = n_chunks  # chunks received
+        self.arrivals = arrivals  # per chunk: time.monotonic() at its read, s
+        self.starts = starts  # per chunk: index of its first sample
+        self.batch_of = batch_of  # per chunk: index of its render batch
+        self.offsets = offsets  # per batch: arrival minus first-sample index / rate, s
+        self.half = half  # window half-width in batches
+        self.anchors = np.full(offsets.size, np.nan)  # per batch, filled lazily, s
+
+
 class PlaybackObserver:
     """An external audio client that records what a sink played, with time stamps.
 
@@ -732,6 +755,11 @@ class PlaybackObserver:
     ``wait_until()`` exists.
     """
 
+    #: Seconds: chunks read closer together than this belong to one render batch.
+    MERGE_GAP_S = 0.0003
+    #: Quantile of the batch offsets in a window taken as the anchor (0 = minimum).
+    ANCHOR_QUANTILE = 0.1
+
     def __init__(
         self,
         server: PulseServer | None = None,
@@ -780,7 +808,7 @@ class PlaybackObserver:
         self._stderr: IO[bytes] | None = None
         self._got_data = threading.Event()
         self._eof = threading.Event()
-        self._cache: tuple[int, npt.NDArray[np.int64], npt.NDArray[np.float64]] | None = None
+        self._timeline_cache: _Timeline | None = None
         self._samples_cache: tuple[int, npt.NDArray[np.int16]] | None = None
 
     # -- lifecycle ---------------------------------------------------------
@@ -900,36 +928,59 @@ class PlaybackObserver:
         self._samples_cache = (n, data)
         return data.copy()
 
-    def _chunk_times(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-        """(index of each chunk's first sample, estimated time of that sample in s)."""
+    def _timeline(self) -> _Timeline:
+        """The batch structure of the chunks received so far (cached per chunk count)."""
         with self._lock:
             n = len(self._arrivals)
-            if self._cache is not None and self._cache[0] == n:
-                return self._cache[1], self._cache[2]
+            cached = self._timeline_cache
+            if cached is not None and cached.n_chunks == n:
+                return cached
             arrivals = np.array(self._arrivals, dtype=np.float64)
             ends = np.array(self._ends, dtype=np.int64)
-        if n == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.float64)
         sizes = np.diff(ends, prepend=0)
         starts = ends - sizes
-        # Each chunk is (at best) delivered at the time of its first sample.
-        offsets = arrivals - starts / self.rate
-        period = float(np.median(sizes)) / self.rate
-        half = max(1, round(self.window_s / period)) if period > 0 else 1
-        padded = np.pad(offsets, half, constant_values=np.inf)
-        anchors = np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1).min(axis=1)
-        first_times = anchors + starts / self.rate
-        self._cache = (n, starts, first_times)
-        return starts, first_times
+        # Pieces read within MERGE_GAP_S of the previous one were rendered in the
+        # same wake-up of the sink: a batch is timed by its first piece only.
+        new_batch = np.ones(n, dtype=bool)
+        new_batch[1:] = np.diff(arrivals) > self.MERGE_GAP_S
+        batch_of = np.cumsum(new_batch) - 1
+        first = np.flatnonzero(new_batch)
+        # A batch arrives, at the earliest, at the time of its first sample.
+        offsets = arrivals[first] - starts[first] / self.rate
+        period = float(np.median(np.diff(arrivals[first]))) if first.size > 1 else 0.0
+        if period <= 0:
+            period = self.latency_ms / 1000.0
+        half = max(1, round(self.window_s / period))
+        timeline = _Timeline(n, arrivals, starts, batch_of, offsets, half)
+        self._timeline_cache = timeline
+        return timeline
+
+    def _anchors(self, tl: _Timeline, batches: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        """Time (s) of sample 0 as seen from each of ``batches``: a low quantile of the offsets
+        of the batches within ``window_s`` of it."""
+        todo = np.unique(batches)
+        todo = todo[np.isnan(tl.anchors[todo])]
+        nb = tl.offsets.size
+        span = np.arange(-tl.half, tl.half + 1)
+        for lo in range(0, todo.size, 4096):
+            ids = todo[lo : lo + 4096]
+            idx = ids[:, None] + span[None, :]
+            valid = (idx >= 0) & (idx < nb)
+            vals = np.where(valid, tl.offsets[np.clip(idx, 0, nb - 1)], np.inf)
+            vals.sort(axis=1)
+            rank = np.floor(self.ANCHOR_QUANTILE * (valid.sum(axis=1) - 1)).astype(np.int64)
+            tl.anchors[ids] = vals[np.arange(ids.size), rank]
+        return tl.anchors[batches]
 
     def times_of(self, indices: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Estimated play times (s, monotonic) of the samples at ``indices``."""
         idx = np.asarray(indices, dtype=np.int64)
-        starts, first_times = self._chunk_times()
-        if starts.size == 0:
+        tl = self._timeline()
+        if tl.n_chunks == 0:
             return np.full(idx.shape, np.nan)
-        chunk = np.clip(np.searchsorted(starts, idx, side="right") - 1, 0, starts.size - 1)
-        return first_times[chunk] + (idx - starts[chunk]) / self.rate
+        chunk = np.searchsorted(tl.starts, idx, side="right") - 1
+        chunk = np.clip(chunk, 0, tl.n_chunks - 1)
+        return self._anchors(tl, tl.batch_of[chunk]) + idx / self.rate
 
     def sample_times(self) -> npt.NDArray[np.float64]:
         """Estimated play time (s, monotonic) of every recorded sample."""
@@ -1001,12 +1052,13 @@ class PlaybackObserver:
         return float(times[-1]) if times.size else None
 
     def delivery_delays(self) -> npt.NDArray[np.float64]:
-        """Per chunk, its arrival minus the estimated time of its first sample (s, >= 0).
+        """Per chunk, its arrival minus the estimated time of its first sample (s).
 
-        This is the lateness a naive per-chunk estimate would add; its spread
-        shows how busy the observing process and the server are.
+        This is the lateness a naive per-chunk estimate would add (>= 0 but
+        for the few chunks below the anchor quantile); its spread shows how
+        busy the observing process and the server are.
         """
-        with self._lock:
-            arrivals = np.array(self._arrivals, dtype=np.float64)
-        _, first_times = self._chunk_times()
-        return arrivals - first_times[: arrivals.size]
+        tl = self._timeline()
+        if tl.n_chunks == 0:
+            return np.zeros(0, np.float64)
+        return tl.arrivals - self.times_of(tl.starts)

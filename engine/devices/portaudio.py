@@ -47,15 +47,21 @@ def list_devices(verbose: bool = False) -> list[dict[str, Any]]:
 
 
 class PortAudioDevice:
-    """A full-duplex mono int16 callback stream on one PortAudio device.
+    """A full-duplex mono int16 callback stream (one stream, one callback).
 
     ``device``: an index, a (case-insensitive, substring) name, or None for
-    the system defaults. Opens at 16 kHz when the device accepts it, else at
-    its default rate (``RateBridge`` resamples).
+    the system defaults; ``input_device``/``output_device`` override one side.
+    Opens at 16 kHz when the devices accept it, else at the output's default
+    rate (``RateBridge`` resamples).
     """
 
     def __init__(
-        self, device: int | str | None = None, period_seconds: float = 0.010, verbose: bool = False
+        self,
+        device: int | str | None = None,
+        period_seconds: float = 0.010,
+        verbose: bool = False,
+        input_device: int | str | None = None,
+        output_device: int | str | None = None,
     ) -> None:
         import pyaudio
 
@@ -63,7 +69,9 @@ class PortAudioDevice:
         with quiet_stderr(not verbose):
             self._pa = pyaudio.PyAudio()
         try:
-            in_idx, out_idx, self.name = self._resolve(device)
+            in_idx, in_name = self._resolve(input_device or device, "input")
+            out_idx, out_name = self._resolve(output_device or device, "output")
+            self.name = out_name if in_name == out_name else f"{in_name} → {out_name}"
             self.rate = self._pick_rate(in_idx, out_idx)
             self.period_frames = max(16, round(period_seconds * self.rate))
             self._out = np.zeros(self.period_frames * 4, np.int16)
@@ -79,40 +87,43 @@ class PortAudioDevice:
             self.output_latency = float(self._stream.get_output_latency())
         except OSError as exc:
             self._pa.terminate()
-            raise DeviceError(f"cannot open audio device {device!r}: {exc}") from None
+            which = device or input_device or output_device or "default"
+            raise DeviceError(f"cannot open audio device {which!r}: {exc}") from None
         except DeviceError:
             self._pa.terminate()
             raise
 
-    def _resolve(self, device: int | str | None) -> tuple[int | None, int | None, str]:
+    def _resolve(self, spec: int | str | None, direction: str) -> tuple[int | None, str]:
+        """One side of the stream: (index or None for the default, name)."""
         pa = self._pa
+        key = "maxInputChannels" if direction == "input" else "maxOutputChannels"
         count = pa.get_device_count()
         if count == 0:
             raise DeviceError("no audio devices found (is a sound server running?)")
-        if device is None:
+        if spec is None:
             try:
-                name = str(pa.get_default_output_device_info()["name"])
-                pa.get_default_input_device_info()
+                info = (pa.get_default_input_device_info() if direction == "input"
+                        else pa.get_default_output_device_info())
             except OSError:
-                raise DeviceError("no default audio input/output device") from None
-            return None, None, name
-        if isinstance(device, int) or device.isdigit():
-            idx = int(device)
+                raise DeviceError(f"no default audio {direction} device") from None
+            return None, str(info["name"])
+        if isinstance(spec, int) or spec.isdigit():
+            idx = int(spec)
             if not 0 <= idx < count:
                 raise DeviceError(f"no audio device with index {idx} (there are {count})")
             candidates = [idx]
         else:
-            wanted = device.lower()
+            wanted = spec.lower()
             names = [str(pa.get_device_info_by_index(i)["name"]) for i in range(count)]
             exact = [i for i, n in enumerate(names) if n.lower() == wanted]
             candidates = exact or [i for i, n in enumerate(names) if wanted in n.lower()]
             if not candidates:
-                raise DeviceError(f"no audio device named {device!r}; see `callctl devices`")
+                raise DeviceError(f"no audio device named {spec!r}; see `callctl devices`")
         for idx in candidates:
             info = pa.get_device_info_by_index(idx)
-            if int(info["maxInputChannels"]) >= 1 and int(info["maxOutputChannels"]) >= 1:
-                return idx, idx, str(info["name"])
-        raise DeviceError(f"audio device {device!r} cannot both record and play")
+            if int(info[key]) >= 1:
+                return idx, str(info["name"])
+        raise DeviceError(f"audio device {spec!r} has no {direction}")
 
     def _pick_rate(self, in_idx: int | None, out_idx: int | None) -> int:
         pa = self._pa
