@@ -1,127 +1,121 @@
-"""`make bench`: the engine's figures, measured on this machine, written to bench/results/.
+"""`make bench`: callctl and the SDK's DefaultAudioInterface, measured side by side, one run.
 
-    python -m bench.run [--quick] [--calls N] [--xrun-seconds S]
+    python -m bench.run [--quick]
 
-* hangup → silence at the device: a controller on PortAudio's ``pulse``
-  device and a private PulseAudio server; a separate ``parec`` client records
-  the speaker's monitor; the figure is the last sample above −60 dBFS after
-  the hangup request was sent, minus the send time. The agent (local) is
-  mid-greeting at a random moment when the hangup goes.
-* hangup → agent reaped, and the engine's own "first silent period", from
-  the ``call.ended`` event of the same calls.
-* call start: ``call`` request sent → first agent sample heard by the
-  observer, with the standby agent process and without it (cold).
-* xruns: one call of ``--xrun-seconds`` with every core kept busy by another
-  process; device status flags and ring underruns from the audio process.
+Writes bench/results/bench.json (raw and summarised figures),
+bench/results/report.md and PNG plots. ``--quick`` measures fewer calls and
+a shorter long call (under 3 minutes); the full run takes about 15.
+What each figure means and how it is measured: the report's last section.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
-import random
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import ControllerOnPulse, CpuLoad, summarise
+from bench import baseline_runs, callctl_runs
+from bench.harness import summarise
+from bench.report import markdown, plots
 
 RESULTS = Path(__file__).parent / "results"
+STALL_BOUND_S = 15.0
 
 
-def hangups(calls: int, standby: bool = True) -> dict[str, Any]:
-    rig = ControllerOnPulse(*([] if standby else ["--no-standby"]))
-    silence, engine_silent, reaped, start = [], [], [], []
-    killed = 0
-    try:
-        for _ in range(calls):
-            asked = time.monotonic()
-            assert rig.request({"cmd": "call"})["ok"]
-            rig.wait_state("in_call")
-            rig.observer.wait_until(asked + 3.0, timeout=10)
-            first = rig.observer.first_sound_after(asked)
-            if first is None:
-                raise RuntimeError("the agent's greeting never reached the device")
-            start.append((first - asked) * 1000)
-            time.sleep(random.uniform(0.3, 1.5))  # mid-greeting
-            sent = time.monotonic()
-            rig.request({"cmd": "hangup"})
-            ended = rig.wait_event("call.ended", 5)
-            assert ended is not None, "no call.ended"
-            rig.observer.wait_until(sent + 0.5, timeout=5)
-            last = rig.observer.last_sound_after(sent - 0.2, until=sent + 0.5)
-            silence.append(max(0.0, (last - sent) * 1000) if last else 0.0)
-            t = ended["timings"]
-            engine_silent.append(t["audio_silent_ms"])
-            reaped.append(t["agent_exited_ms"])
-            killed += bool(t["agent_killed"])
-            rig.wait_state("idle")
-            time.sleep(0.3)
-        status = rig.request({"cmd": "status"})
-        latency = status["audio"]["output_latency_ms"]
-        period = status["audio"]["period_frames"] / status["audio"]["device_rate"] * 1000
-    finally:
-        rig.close()
-    return {"calls": calls, "hangup_to_silence_ms": summarise(silence),
-            "engine_first_silent_period_ms": summarise(engine_silent),
-            "hangup_to_agent_reaped_ms": summarise(reaped), "agents_killed": killed,
-            "call_start_ms": summarise(start), "device_output_latency_ms": latency,
-            "period_ms": period}
-
-
-def xruns(seconds: float) -> dict[str, Any]:
-    rig = ControllerOnPulse()
-    load = CpuLoad(seconds=seconds + 60)
-    try:
-        assert rig.request({"cmd": "call"})["ok"]
-        rig.wait_state("in_call")
-        time.sleep(seconds)
-        audio = rig.request({"cmd": "status"})["audio"]
-        rig.request({"cmd": "hangup"})
-        rig.wait_event("call.ended", 5)
-    finally:
-        load.stop()
-        rig.close()
-    return {"seconds": seconds, "busy_processes": len(load.procs), "xruns": audio["xruns"]}
+def step(title: str) -> float:
+    print(f"· {title} ...", flush=True)
+    return time.monotonic()
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer calls, a short xrun run")
-    p.add_argument("--calls", type=int, default=None, help="hangups to measure (default 30)")
-    p.add_argument("--xrun-seconds", type=float, default=None, help="default 60")
+    p.add_argument("--quick", action="store_true", help="fewer calls, a short long call")
     args = p.parse_args(argv)
-    calls = args.calls or (8 if args.quick else 30)
-    xrun_s = args.xrun_seconds or (10.0 if args.quick else 60.0)
+    quick = args.quick
+    calls = 6 if quick else 50
+    barges = 3 if quick else 15
+    stalls = 1 if quick else 3
+    long_s = 15.0 if quick else 600.0
     RESULTS.mkdir(parents=True, exist_ok=True)
     began = time.time()
-    print(f"hangup → silence over {calls} calls (PulseAudio null sink, external observer) ...")
-    warm = hangups(calls)
-    print(f"call start without the standby agent process over {max(3, calls // 4)} calls ...")
-    cold = hangups(max(3, calls // 4), standby=False)
-    print(f"xruns over {xrun_s:.0f} s with every core busy ...")
-    load = xruns(xrun_s)
-    results = {"machine": {"python": platform.python_version(), "system": platform.platform(),
-                           "cores": __import__("os").cpu_count()},
-               "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(began)),
-               "quick": args.quick, "warm": warm, "cold": cold, "xruns": load}
-    (RESULTS / "engine.json").write_text(json.dumps(results, indent=2) + "\n")
-    s, r = warm["hangup_to_silence_ms"], warm["hangup_to_agent_reaped_ms"]
+
+    step(f"callctl: {calls} hangups mid-greeting")
+    c_hang = callctl_runs.hangups(calls)
+    step(f"SDK DefaultAudioInterface: {calls} hangups mid-greeting")
+    s_hang = baseline_runs.hangups(calls)
+    step(f"callctl: {barges} barge-ins")
+    c_barge = callctl_runs.bargeins(barges)
+    step(f"SDK DefaultAudioInterface: {barges} barge-ins")
+    s_barge = baseline_runs.bargeins(barges)
+    step(f"callctl: {stalls} hangups with a frozen service")
+    c_stall = callctl_runs.stalled_reaps(stalls)
+    step(f"SDK: {stalls} session ends with a frozen service (bounded at {STALL_BOUND_S:.0f} s)")
+    s_stall = baseline_runs.stalled_session_end(stalls, STALL_BOUND_S)
+    step("callctl: cold call starts (no standby agent process)")
+    c_cold = callctl_runs.hangups(max(3, calls // 5), standby=False)
+    step("echo cancellation")
+    echo = _echo(quick)
+    step("GUI event loop during a call and its hangup")
+    gui_stall = _gui_stall()
+    step(f"callctl: a {long_s:.0f} s call with every core busy")
+    long = callctl_runs.long_call(long_s)
+
+    raw = {"callctl": {"hangup_silence": c_hang["silence"],
+                       "engine_silent": c_hang["engine_silent"],
+                       "reaped": c_hang["reaped"], "start": c_hang["start"],
+                       "cold_start": c_cold["start"], "bargein_silence": c_barge["silence"],
+                       "stalled_reaped": c_stall["reaped"]},
+           "sdk": {"hangup_silence": s_hang["silence"], "stop_returned": s_hang["stop_returned"],
+                   "session_ended": s_hang["session_ended"], "start": s_hang["start"],
+                   "bargein_silence": s_barge["silence"],
+                   "stalled_session_ended": s_stall["session_ended"]}}
+    summary: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(began)),
+        "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}, "
+                   f"{platform.system()} {platform.release()}",
+        "quick": quick, "stall_bound_s": STALL_BOUND_S, "stall_calls": stalls,
+        "sdk_stall_unfinished": len(s_stall["unfinished"]),
+        "callctl": {k: summarise(v) for k, v in raw["callctl"].items()},
+        "sdk": {k: summarise(v) for k, v in raw["sdk"].items()},
+        "callctl_agents_killed": int(sum(c_hang["killed"])),
+        "long_call": long, "echo": echo, "gui_stall_ms": gui_stall,
+        "duration_s": round(time.time() - began, 1),
+    }
+    (RESULTS / "bench.json").write_text(json.dumps({"summary": summary, "raw": raw}, indent=2)
+                                        + "\n")
+    names = plots(raw, RESULTS)
+    (RESULTS / "report.md").write_text(markdown(summary, names))
+    c, s = summary["callctl"], summary["sdk"]
     print()
-    print(f"hangup→silence (device, observer): median {s['median']} ms, p99 {s['p99']} ms, "
-          f"max {s['max']} ms  [period {warm['period_ms']:.0f} ms, device latency "
-          f"{warm['device_output_latency_ms']} ms]")
-    e = warm["engine_first_silent_period_ms"]
-    print(f"engine first silent period:         median {e['median']} ms, p99 {e['p99']} ms")
-    print(f"hangup→agent reaped:                median {r['median']} ms, p99 {r['p99']} ms "
-          f"({warm['agents_killed']} killed)")
-    print(f"call start → first agent audio:     standby median "
-          f"{warm['call_start_ms']['median']} ms, cold median {cold['call_start_ms']['median']} ms")
-    print(f"xruns over {load['seconds']:.0f} s, {load['busy_processes']} cores busy: "
-          f"{load['xruns']}")
-    print(f"written: {RESULTS / 'engine.json'}")
+    print(f"hangup→silence at the device: callctl median {c['hangup_silence']['median']} ms "
+          f"(p99 {c['hangup_silence']['p99']}), DefaultAudioInterface median "
+          f"{s['hangup_silence']['median']} ms (p99 {s['hangup_silence']['p99']})")
+    print(f"barge-in→silence: callctl median {c['bargein_silence']['median']} ms, "
+          f"DefaultAudioInterface median {s['bargein_silence']['median']} ms")
+    print(f"written: {RESULTS / 'report.md'} in {summary['duration_s']:.0f} s")
     return 0
+
+
+def _echo(quick: bool) -> dict[str, Any] | None:
+    try:
+        from bench import echo  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    result: dict[str, Any] = echo.main(quick=quick)
+    return result
+
+
+def _gui_stall() -> float | None:
+    try:
+        from bench import gui_stall  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    value: float = gui_stall.measure()
+    return value
 
 
 if __name__ == "__main__":

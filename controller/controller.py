@@ -364,7 +364,7 @@ class Controller:
             self.publish(protocol.EVENT_TRANSCRIPT, call_id=cid, role=role, text=line["text"])
         elif name == protocol.AGENT_INTERRUPTION:
             self.publish(protocol.EVENT_AGENT, call_id=cid, kind="interruption",
-                         dropped_frames=event.get("dropped_frames"))
+                         dropped_frames=event.get("dropped_frames"), t=event.get("t"))
         elif name == protocol.AGENT_LATENCY:
             self.publish(protocol.EVENT_AGENT, call_id=cid, kind="latency", ms=event.get("ms"))
         elif name == protocol.AGENT_ERROR:
