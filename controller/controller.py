@@ -42,6 +42,8 @@ from engine.credentials import load_credentials
 STANDBY_READY_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 15.0
 LEVELS_INTERVAL = 0.1
+STATUS_MAX_AGE = 0.1
+"""Seconds a cached audio-process status may be old when a client asks ``status``."""
 
 
 @dataclass
@@ -115,6 +117,7 @@ class Controller:
         self._stop_requested = False
         self._failed = False
         self._next_levels = 0.0
+        self._audio_cache: tuple[float, dict[str, Any]] | None = None
         self._logs: list[IO[Any]] = []
 
     # -- sockets and children ---------------------------------------------------
@@ -260,12 +263,7 @@ class Controller:
         return protocol.error(f"{cmd}: not handled")
 
     def status(self) -> dict[str, Any]:
-        audio = None
-        if self.audio is not None:
-            try:
-                audio = self.audio.request({"cmd": "status"}, timeout=0.5)
-            except TimeoutError:
-                audio = {"ok": False, "error": "the audio process did not answer"}
+        audio = self._audio_status(max_age=STATUS_MAX_AGE)
         return protocol.ok(
             state=self.state.value, reason=self.reason, protocol=protocol.PROTOCOL_VERSION,
             pid=os.getpid(), endpoint=self.config.endpoint, events=self.events_endpoint,
@@ -330,6 +328,7 @@ class Controller:
             self._end_call(f"audio: {reply.get('error')}", failed=True)
             return
         call.audio_started = True
+        self._audio_cache = None
         base_url = self.server.base_url if call.agent == "local" and self.server else call.base_url
         agent_id = "local" if call.agent == "local" else call.agent
         standby.start(agent_id, self.audio.ring_prefix, base_url, self.has_key)
@@ -407,6 +406,7 @@ class Controller:
                 call.errors.append("the audio process did not answer the hangup")
         else:
             call.audio_silent_at = call.stream_stopped_at = call.hangup_at
+        self._audio_cache = None
         if self.agent is not None:
             self.agent.end()
             call.kill_at = call.hangup_at + self.config.kill_after
@@ -468,13 +468,37 @@ class Controller:
                 if self.config.standby:
                     self._spawn_standby()
 
-    def _publish_levels(self, call: Call) -> None:
+    def _audio_status(self, max_age: float) -> dict[str, Any] | None:
+        """The audio process's status, asked at most every ``max_age`` seconds.
+
+        A flood of public ``status`` requests costs the audio process nothing:
+        they share one answer per ``max_age``.
+        """
         if self.audio is None:
+            return None
+        now = time.monotonic()
+        if self._audio_cache is None or now - self._audio_cache[0] > max_age:
+            try:
+                reply = self.audio.request({"cmd": "status"}, timeout=0.2)
+            except TimeoutError:
+                reply = {"ok": False, "error": "the audio process did not answer"}
+            self._audio_cache = (now, reply)
+        return self._audio_cache[1]
+
+    def _publish_levels(self, call: Call) -> None:
+        status = self._audio_status(max_age=0.0)
+        if not status or not status.get("ok"):
             return
-        try:
-            status = self.audio.request({"cmd": "status"}, timeout=0.2)
-        except TimeoutError:
+        if status.get("state") == "stopped" and call.audio_started:
+            # The device went away under us (sound server gone, device unplugged).
+            self.publish(protocol.EVENT_ERROR, call_id=call.call_id,
+                         message="the audio device stopped (disconnected?)")
+            self._end_call("audio device lost", failed=True)
             return
+        error = status.get("recording_error")
+        if error and error not in call.errors:
+            call.errors.append(error)
+            self.publish(protocol.EVENT_ERROR, call_id=call.call_id, message=error)
         levels = status.get("levels") or {}
         self.publish(protocol.EVENT_LEVELS, call_id=call.call_id,
                      in_dbfs=levels.get("in_dbfs"), out_dbfs=levels.get("out_dbfs"),
@@ -485,6 +509,7 @@ class Controller:
         dead = self.audio
         dead.stop()  # reaps and unlinks its rings
         self.audio = None
+        self._audio_cache = None
         self.publish(protocol.EVENT_ERROR, message="the audio process died",
                      call_id=self.call.call_id if self.call else None)
         if self.state in (CallState.STARTING, CallState.IN_CALL):

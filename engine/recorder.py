@@ -42,7 +42,11 @@ class CallRecorder:
         self._ring = AudioRing.create(next_power_of_two(2 * rate * 4))
         self._frame = np.zeros(2 * max_period_frames, np.int16)
         self._dropped = 0
-        self._wav = GrowingWav(self.path, rate, channels=2)
+        self._wav: GrowingWav | None = None
+        try:
+            self._wav = GrowingWav(self.path, rate, channels=2)
+        except OSError as exc:  # no space, no permission: the call goes on unrecorded
+            self.error = f"recording not started: {exc.strerror or exc}"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._drain_loop, name="recorder", daemon=True)
         self._thread.start()
@@ -50,7 +54,7 @@ class CallRecorder:
     @property
     def frames(self) -> int:
         """Stereo frames written to disk so far."""
-        return self._wav.frames
+        return self._wav.frames if self._wav else 0
 
     def feed(self, mic: np.ndarray, speaker: np.ndarray) -> None:
         """Queue one period (callback thread only): int16 ``mic`` and ``speaker``, same length."""
@@ -67,7 +71,7 @@ class CallRecorder:
             stopping = self._stop.wait(self.flush_interval)
             n = self._ring.read_available_into(chunk)
             n -= n % 2
-            if n and self.error is None:
+            if n and self.error is None and self._wav is not None:
                 try:
                     self._wav.append(chunk[:n])
                 except OSError as exc:  # disk full and friends: stop recording, keep the call
@@ -80,7 +84,8 @@ class CallRecorder:
         self._stop.set()
         self._thread.join(timeout=10)
         try:
-            self._wav.close()
+            if self._wav is not None:
+                self._wav.close()
         except OSError as exc:
             self.error = self.error or f"recording not finalised: {exc.strerror or exc}"
         self._ring.close()
