@@ -136,4 +136,7 @@ def unlink_rings(prefix: str) -> None:
         except FileNotFoundError:
             continue
         seg.close()
-        seg.unlink()
+        try:
+            seg.unlink()
+        except FileNotFoundError:
+            pass  # the dead owner's resource tracker got there first
