@@ -13,7 +13,7 @@ SYSTEM_PACKAGES := gcc python3-dev python3-venv portaudio19-dev libasound2-plugi
 	libxcb-image0 libxcb-xinerama0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all setup system venv test lint demo bench clean
+.PHONY: all setup system venv test lint demo bench soak clean
 
 all: test
 
@@ -44,6 +44,11 @@ lint: venv
 
 test: setup lint
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# The long runs: 1,000 consecutive calls, and the fuzzes at 10,000 cases each.
+soak: setup
+	CALLCTL_FUZZ_EXAMPLES=10000 $(BIN)/pytest -q -p no:cacheprovider -m soak tests/soak
+	CALLCTL_FUZZ_EXAMPLES=10000 $(BIN)/pytest -q -p no:cacheprovider tests/reliability/test_fuzz.py
 
 demo: setup
 	$(BIN)/callctl demo

@@ -50,6 +50,8 @@ class Call:
     end_reason: str | None = None
     errors: list[str] = field(default_factory=list)
     transcript: list[dict[str, Any]] = field(default_factory=list)
+    clone_voice: str | None = None
+    """Clone the caller's voice under this name after the call (None: no clone)."""
 
     @property
     def recording(self) -> Path:

@@ -5,8 +5,10 @@ it); a second thread is the front end: it subscribes to the events, starts
 the call over the public control socket — the same protocol any script uses
 — draws the status line, and hangs up on Enter, on Ctrl-C (through the
 controller's signal handling) or after ``--hangup-after`` seconds. When
-``call.ended`` arrives it prints the recording's path and the hangup timings
-and stops the controller.
+``call.ended`` arrives it prints the recording's path and the hangup timings;
+with ``--clone-voice`` it then follows the ``postcall`` events of the call
+with a progress bar and prints the new voice id (or why there is none); then
+it stops the controller.
 """
 
 from __future__ import annotations
@@ -24,9 +26,14 @@ from controller import endpoints
 from controller.controller import Controller
 from controller.options import add_controller_options, controller_config
 from controller.serve import install_stop_signals
+from engine import protocol
 from engine.audio_client import ControlClient
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+POSTCALL_WAIT_S = 600.0
+"""Longest wait for the voice clone after the call, in seconds (the upload has its own
+timeouts; this only bounds the front end)."""
+BAR_CELLS = 24
 
 
 def _seconds(text: str) -> float:
@@ -46,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
         "  callctl call --agent AGENT_ID                 # an ElevenLabs agent "
         "(ELEVENLABS_API_KEY)\n"
         "  callctl call --device virtual --mic caller.wav --hangup-after 10\n"
-        "exit codes: 0 the call ended, 1 it failed, 2 bad usage",
+        "  callctl call --clone-voice 'My voice'         # then clone your voice "
+        "(ELEVENLABS_API_KEY)\n"
+        "exit codes: 0 the call ended, 1 it failed (or the voice clone asked for did not "
+        "happen), 2 bad usage",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_controller_options(p)
     p.add_argument("--hangup-after", type=_seconds, metavar="SECONDS",
@@ -60,7 +70,7 @@ class Frontend(threading.Thread):
     """The terminal side of `callctl call`; talks to the controller only over ZeroMQ."""
 
     def __init__(self, endpoint: str, events: str, hangup_after: float | None, as_json: bool,
-                 out: TextIO = sys.stdout) -> None:
+                 out: TextIO = sys.stdout, clone_voice: str | None = None) -> None:
         super().__init__(name="frontend", daemon=True)
         self.endpoint, self.events = endpoint, events
         self.hangup_after, self.as_json, self.out = hangup_after, as_json, out
@@ -72,6 +82,14 @@ class Frontend(threading.Thread):
         self._levels: tuple[float | None, float | None] = (None, None)
         self._last_line = ""
         self._began = time.monotonic()
+        self.clone_voice = clone_voice
+        self.postcall: dict[str, Any] | None = None
+        """The last ``postcall`` event of the call (with ``clone_voice``)."""
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        """The controller has stopped (Ctrl-C): stop waiting for its events."""
+        self._stopped.set()
 
     def run(self) -> None:
         ctx: zmq.Context = zmq.Context.instance()
@@ -93,7 +111,8 @@ class Frontend(threading.Thread):
             self._print(f"callctl call: {exc}", err=True)
         finally:
             try:
-                control.request({"cmd": "shutdown"}, timeout=1)
+                if not self._stopped.is_set():
+                    control.request({"cmd": "shutdown"}, timeout=1)
             except TimeoutError:
                 pass
             control.close()
@@ -140,8 +159,67 @@ class Frontend(threading.Thread):
                 self._report(event)
                 failed = bool(event.get("errors")) and event.get("reason") != "hangup"
                 self.exit_code = EXIT_FAILED if failed and self._state == "failed" else EXIT_OK
+                if self.clone_voice:
+                    final = self._await_postcall(sub, str(event.get("call_id")))
+                    if final is None or final.get("stage") != "done":
+                        self.exit_code = EXIT_FAILED
                 return
             self._draw()
+
+    def _await_postcall(self, sub: zmq.Socket, call_id: str) -> dict[str, Any] | None:
+        """Follow the call's ``postcall`` events to the last one (bounded); None if the
+        controller stopped or nothing final came in ``POSTCALL_WAIT_S``."""
+        deadline = time.monotonic() + POSTCALL_WAIT_S
+        shown_stage = None
+        self._say(f"cloning the caller's voice as {self.clone_voice!r} …")
+        while time.monotonic() < deadline and not self._stopped.is_set():
+            if not sub.poll(100):
+                continue
+            topic, body = sub.recv_multipart()
+            if topic.decode() != protocol.EVENT_POSTCALL:
+                continue
+            event = json.loads(body)
+            if event.get("call_id") != call_id:
+                continue
+            self.postcall = event
+            stage = event.get("stage")
+            if stage in protocol.POSTCALL_FINAL_STAGES:
+                self._postcall_result(event)
+                return event
+            if self.tty:
+                self._draw_bar(event)
+            elif stage != shown_stage and not self.as_json:
+                self._say(f"  {stage}: {event.get('message')}")
+            shown_stage = stage
+        if self._stopped.is_set():
+            self._say("voice clone interrupted (callctl call stopped)")
+        else:
+            self._say(f"no word on the voice clone after {POSTCALL_WAIT_S:.0f} s")
+        return None
+
+    def _draw_bar(self, event: dict[str, Any]) -> None:
+        progress = event.get("progress")
+        fraction = min(1.0, max(0.0, float(progress))) if isinstance(progress, (int, float)) \
+            else 0.0
+        filled = round(fraction * BAR_CELLS)
+        bar = "█" * filled + "░" * (BAR_CELLS - filled)
+        line = f"{event.get('stage', ''):<9} [{bar}] {fraction:4.0%}  {event.get('message', '')}"
+        self.out.write("\r\x1b[K" + line[:120])
+        self.out.flush()
+
+    def _postcall_result(self, event: dict[str, Any]) -> None:
+        if self.as_json:
+            self._print(json.dumps(event))
+            return
+        stage = event.get("stage")
+        if stage == "done" and event.get("voice_id"):
+            if self.tty:
+                self._draw_bar(event)
+            self._say(f"voice id: {event['voice_id']}")
+        elif stage == "done":
+            self._say(str(event.get("message")))
+        else:
+            self._say(f"voice clone {stage}: {event.get('message')}")
 
     def _draw(self) -> None:
         if not self.tty:
@@ -192,12 +270,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"callctl call: {exc}", file=sys.stderr)
         return EXIT_USAGE
     install_stop_signals(controller)
-    frontend = Frontend(config.endpoint, controller.events_endpoint, args.hangup_after, args.json)
+    frontend = Frontend(config.endpoint, controller.events_endpoint, args.hangup_after, args.json,
+                        clone_voice=config.clone_voice)
     frontend.start()
     try:
         controller.run()
     except RuntimeError as exc:
         print(f"callctl call: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    frontend.stop()
     frontend.join(timeout=5)
     return frontend.exit_code

@@ -21,6 +21,7 @@ calls:
 
 tools:
   agent-server   run the offline ElevenLabs-compatible agent server
+  keys           make CurveZMQ keys for a controller reachable beyond loopback
   demo           an offline demo: a whole call and a hangup over ZeroMQ
 
 `callctl COMMAND --help` explains each one. Scripting: docs/protocol.md.
@@ -38,6 +39,7 @@ COMMANDS = {
     "calls": ("controller.calls", "main"),
     "agent-server": ("engine.agent_server.cli", "main"),
     "demo": ("controller.demo", "main"),
+    "keys": ("controller.curve", "main"),
 }
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import zmq
 
 from controller import endpoints
+from controller.curve import ClientKeys, CurveError, curve_dir
 from controller.options import add_endpoint
 from engine.audio_client import ControlClient
 
@@ -25,7 +26,8 @@ class NoController(RuntimeError):
     pass
 
 
-def request(endpoint: str, message: dict[str, Any], timeout: float = 3.0) -> dict[str, Any]:
+def request(endpoint: str, message: dict[str, Any], timeout: float = 3.0,
+            keys: ClientKeys | None = None) -> dict[str, Any]:
     """One request to the controller at ``endpoint``; ``NoController`` if nobody answers."""
     if endpoint.startswith("ipc://"):
         from pathlib import Path
@@ -33,7 +35,7 @@ def request(endpoint: str, message: dict[str, Any], timeout: float = 3.0) -> dic
         if not Path(endpoint[len("ipc://"):]).exists():
             raise NoController(f"no controller at {endpoint} (start one with `callctl call` "
                                "or `callctl serve`)")
-    client = ControlClient(endpoint)
+    client = ControlClient(endpoint, secure=keys.apply if keys else None)
     try:
         return client.request(message, timeout=timeout)
     except TimeoutError:
@@ -52,9 +54,12 @@ def _parser(name: str, description: str) -> argparse.ArgumentParser:
 
 
 def _resolve(args: argparse.Namespace, name: str) -> str | None:
+    """The endpoint to talk to (and ``args.keys``, the CurveZMQ client keys or None)."""
+    directory = curve_dir(args.curve_dir)
     try:
-        return endpoints.control_endpoint(args.endpoint)
-    except endpoints.EndpointError as exc:
+        args.keys = ClientKeys.load(directory) if directory else None
+        return endpoints.control_endpoint(args.endpoint, curve=directory is not None)
+    except (endpoints.EndpointError, CurveError) as exc:
         print(f"callctl {name}: {exc}", file=sys.stderr)
         return None
 
@@ -65,7 +70,7 @@ def hangup_main(argv: list[str] | None = None) -> int:
     if endpoint is None:
         return EXIT_USAGE
     try:
-        reply = request(endpoint, {"cmd": "hangup"})
+        reply = request(endpoint, {"cmd": "hangup"}, keys=args.keys)
     except NoController as exc:
         print(f"callctl hangup: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -88,7 +93,7 @@ def status_main(argv: list[str] | None = None) -> int:
     if endpoint is None:
         return EXIT_USAGE
     try:
-        reply = request(endpoint, {"cmd": "status"})
+        reply = request(endpoint, {"cmd": "status"}, keys=args.keys)
     except NoController as exc:
         print(f"callctl status: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -125,12 +130,14 @@ def events_main(argv: list[str] | None = None) -> int:
     if endpoint is None:
         return EXIT_USAGE
     try:
-        events = request(endpoint, {"cmd": "status"})["events"]
+        events = request(endpoint, {"cmd": "status"}, keys=args.keys)["events"]
     except NoController as exc:
         print(f"callctl events: {exc}", file=sys.stderr)
         return EXIT_USAGE
     sub: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
+    if args.keys is not None:
+        args.keys.apply(sub)
     for topic in args.topic or [""]:
         sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
     sub.connect(events)

@@ -26,6 +26,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -34,6 +35,8 @@ import zmq
 
 from controller import endpoints
 from controller.call import Call, CallState, new_call_id
+from controller.curve import ServerKeys
+from controller.postcall import PostcallRunner
 from engine import protocol
 from engine.agent_client import AgentProcess, AgentServerProcess
 from engine.audio_client import AudioProcess, AudioProcessError, unlink_rings
@@ -67,6 +70,8 @@ class ControllerConfig:
     verbose: bool = False
     clone_voice: str | None = None
     """Default voice-clone name for calls (``call`` may name one itself)."""
+    curve_dir: Path | None = None
+    """CurveZMQ keys (``controller.curve``) for the public sockets, or None."""
     standby: bool = True
     """Start the next call's agent process ahead of time (off only to measure a cold start)."""
 
@@ -99,9 +104,11 @@ class Controller:
         self.ctx = zmq.Context()
         self.private = endpoints.private_dir_for(config.endpoint)
         self.events_endpoint = endpoints.events_endpoint(config.endpoint)
-        self.control = self._bind(zmq.REP, config.endpoint)
-        self.pub = self._bind(zmq.PUB, self.events_endpoint)
-        self.pull = self._bind(zmq.PULL, f"ipc://{self.private}/agent-events")
+        self.keys = ServerKeys.load(config.curve_dir) if config.curve_dir else None
+        self.authenticator = self.keys.start_authenticator(self.ctx) if self.keys else None
+        self.control = self._bind(zmq.REP, config.endpoint, public=True)
+        self.pub = self._bind(zmq.PUB, self.events_endpoint, public=True)
+        self.pull = self._bind(zmq.PULL, f"ipc://{self.private}/ev")
         self.has_key = load_credentials(Path(config.config_path) if config.config_path
                                         else None).has_key
         self.audio: AudioProcess | None = None
@@ -119,13 +126,17 @@ class Controller:
         self._next_levels = 0.0
         self._audio_cache: tuple[float, dict[str, Any]] | None = None
         self._logs: list[IO[Any]] = []
+        self.postcall = PostcallRunner(f"ipc://{self.private}/ev",
+                                       self._log("postcall"), config.config_path)
 
     # -- sockets and children ---------------------------------------------------
 
-    def _bind(self, kind: int, endpoint: str) -> zmq.Socket:
+    def _bind(self, kind: int, endpoint: str, public: bool = False) -> zmq.Socket:
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
+        if public and self.keys is not None:
+            self.keys.apply(sock)
         if endpoint.startswith("ipc://"):
             path = Path(endpoint[len("ipc://"):])
             if path.exists():
@@ -160,7 +171,7 @@ class Controller:
 
     def _start_audio(self) -> None:
         prefix = f"callctl-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        audio = AudioProcess(f"ipc://{self.private}/audio-{prefix}", prefix,
+        audio = AudioProcess(f"ipc://{self.private}/a{uuid.uuid4().hex[:4]}", prefix,
                              self.config.audio_args())
         try:
             audio.wait_ready()
@@ -171,8 +182,8 @@ class Controller:
 
     def _spawn_standby(self) -> None:
         n = self.calls_started + 1
-        self.standby = AgentProcess(f"ipc://{self.private}/agent-{n}-{uuid.uuid4().hex[:4]}",
-                                    f"ipc://{self.private}/agent-events",
+        self.standby = AgentProcess(f"ipc://{self.private}/g{n}-{uuid.uuid4().hex[:4]}",
+                                    f"ipc://{self.private}/ev",
                                     stderr=self._log("agent"), config=self.config.config_path,
                                     context=self.ctx)
 
@@ -192,10 +203,15 @@ class Controller:
         """From a signal handler: end any call, then leave ``run`` (the loop picks it up)."""
         self._stop_requested = True
 
-    def run(self) -> None:
-        """Serve until ``shutdown``. Always reaps every child and unlinks every segment."""
+    def run(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Serve until ``shutdown``. Always reaps every child and unlinks every segment.
+
+        ``on_ready`` is called once the audio process answers, before the loop.
+        """
         try:
             self._start_audio()
+            if on_ready is not None:
+                on_ready()
             if self.config.standby:
                 self._spawn_standby()
             while not (self._stopping and self.state not in (CallState.STARTING,
@@ -243,7 +259,10 @@ class Controller:
         if cmd == "status":
             return self.status()
         if cmd == "call":
-            return self.start_call(request.get("agent"), request.get("base_url"))
+            return self.start_call(request.get("agent"), request.get("base_url"),
+                                   request.get("clone_voice"))
+        if cmd == "cancel_clone":
+            return self.postcall.cancel(self.call)
         if cmd == "hangup":
             return self.hangup()
         if cmd == "flush":
@@ -278,7 +297,11 @@ class Controller:
 
     # -- starting a call --------------------------------------------------------
 
-    def start_call(self, agent: str | None, base_url: str | None) -> dict[str, Any]:
+    def start_call(self, agent: str | None, base_url: str | None,
+                   clone_voice: str | None = None) -> dict[str, Any]:
+        clone_voice = (clone_voice if clone_voice is not None else self.config.clone_voice)
+        if clone_voice is not None and not clone_voice.strip():
+            return protocol.error("call: clone_voice needs a name")
         if self.state not in (CallState.IDLE, CallState.FAILED):
             return protocol.error(f"a call is already in progress (state {self.state.value}); "
                                   "hang up first")
@@ -289,7 +312,8 @@ class Controller:
         agent = agent or self.config.agent
         call_id = new_call_id()
         self.call = Call(call_id, agent, base_url or self.config.base_url,
-                         self.config.record_dir / call_id)
+                         self.config.record_dir / call_id,
+                         clone_voice=clone_voice.strip() if clone_voice else None)
         self.calls_started += 1
         if agent == "local" and (self.server is None or not self.server.alive()):
             self.server = AgentServerProcess(self.config.agent_server_args,
@@ -344,6 +368,11 @@ class Controller:
             event = json.loads(frame)
             name = event["event"]
         except (ValueError, KeyError, TypeError):
+            return
+        if name == protocol.EVENT_POSTCALL:  # from a post-call process, not an agent
+            public = self.postcall.on_event(event)
+            if public is not None:
+                self.publish(protocol.EVENT_POSTCALL, **public)
             return
         call = self.call
         if call is None or self.agent is None or event.get("pid") != self.agent.pid:
@@ -436,6 +465,13 @@ class Controller:
         failed = self._failed
         self._set_state(CallState.FAILED if failed else CallState.IDLE,
                         call.end_reason if failed else None)
+        # After call.ended: the files and any voice clone, in a process of their own.
+        self.postcall.spawn(
+            call, failed=failed,
+            base_url=self.server.base_url if call.agent == "local" and self.server
+            else call.base_url,
+            audio_pid=self.audio.pid if self.audio else None,
+            audio_status=self._audio_status(max_age=0.0) if call.audio_started else None)
 
     # -- supervision ------------------------------------------------------------
 
@@ -542,6 +578,8 @@ class Controller:
         self.control.close(0)
         self.pull.close(0)
         self.pub.close(linger=1000)  # let the last events (call.ended) reach subscribers
+        if self.authenticator is not None:
+            self.authenticator.stop()
         self.ctx.term()
         for handle in self._logs:
             handle.close()

@@ -7,7 +7,8 @@ or ``$CALLCTL_ENDPOINT`` choose another. The event endpoint is derived from
 the control endpoint (``control`` → ``events`` in the same directory; for
 ``tcp://`` the next port), and ``status`` replies name it.
 
-``tcp://`` endpoints bind to loopback only; anything else is refused.
+``tcp://`` endpoints bind to loopback only, unless CurveZMQ keys are
+configured (``controller.curve``); anything else is refused.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+IPC_PATH_MAX = 107
+"""Longest Unix socket path Linux accepts (sun_path is 108 bytes with the NUL)."""
 
 
 class EndpointError(ValueError):
@@ -48,26 +51,31 @@ def default_endpoint() -> str:
     return f"ipc://{runtime_dir() / 'control'}"
 
 
-def control_endpoint(explicit: str | None = None) -> str:
+def control_endpoint(explicit: str | None = None, curve: bool = False) -> str:
     """``--endpoint``, else ``$CALLCTL_ENDPOINT``, else the default; checked."""
     endpoint = explicit or os.environ.get("CALLCTL_ENDPOINT") or default_endpoint()
-    check(endpoint)
+    check(endpoint, curve)
     return endpoint
 
 
-def check(endpoint: str) -> None:
-    """Accept ``ipc://PATH`` and loopback ``tcp://HOST:PORT``; raise ``EndpointError`` else."""
+def check(endpoint: str, curve: bool = False) -> None:
+    """Accept ``ipc://PATH``, loopback ``tcp://HOST:PORT``, and any ``tcp://`` when
+    ``curve`` (CurveZMQ keys configured); raise ``EndpointError`` else."""
     if endpoint.startswith("ipc://"):
-        if not endpoint[len("ipc://"):]:
+        path = endpoint[len("ipc://"):]
+        if not path:
             raise EndpointError(f"{endpoint!r}: an ipc endpoint needs a path")
+        if len(path.encode()) + len(".events") > IPC_PATH_MAX:
+            raise EndpointError(f"{endpoint!r}: ipc paths are limited to {IPC_PATH_MAX} bytes "
+                                "(with '.events' added); choose a shorter one")
         return
     if endpoint.startswith("tcp://"):
         parsed = urlparse(endpoint)
         if parsed.port is None:
             raise EndpointError(f"{endpoint!r}: a tcp endpoint needs a port, e.g. tcp://127.0.0.1:5555")
-        if parsed.hostname not in LOOPBACK_HOSTS:
-            raise EndpointError(f"{endpoint!r}: callctl binds tcp only to loopback "
-                                "(127.0.0.1 or ::1)")
+        if parsed.hostname not in LOOPBACK_HOSTS and not curve:
+            raise EndpointError(f"{endpoint!r}: without CurveZMQ keys (--curve-dir) callctl "
+                                "binds tcp only to loopback (127.0.0.1 or ::1)")
         return
     raise EndpointError(f"{endpoint!r}: use ipc://PATH or tcp://127.0.0.1:PORT")
 
@@ -85,4 +93,4 @@ def events_endpoint(control: str) -> str:
 
 def private_dir_for(control: str) -> Path:
     """Where the controller keeps its internal sockets: a fresh 0700 directory."""
-    return Path(tempfile.mkdtemp(prefix="callctl-ctl-", dir=runtime_dir()))
+    return Path(tempfile.mkdtemp(prefix="c", dir=runtime_dir()))  # short: ipc paths are limited

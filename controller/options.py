@@ -9,6 +9,8 @@ import platformdirs
 
 from controller import endpoints
 from controller.controller import ControllerConfig
+from controller.curve import curve_dir
+from engine.wavfile import read_wav
 
 
 def default_record_dir() -> Path:
@@ -36,6 +38,9 @@ def add_endpoint(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint", metavar="E",
                         help="control endpoint (default: $CALLCTL_ENDPOINT, else an ipc socket "
                         "in your private runtime directory)")
+    parser.add_argument("--curve-dir", metavar="DIR",
+                        help="CurveZMQ keys from `callctl keys` (default $CALLCTL_CURVE_DIR); "
+                        "needed for tcp beyond loopback")
 
 
 def add_controller_options(parser: argparse.ArgumentParser) -> None:
@@ -81,8 +86,12 @@ def controller_config(args: argparse.Namespace) -> ControllerConfig:
                                              ("--echo", args.echo)) if value]
     if virtual_only and args.device != "virtual":
         raise ValueError(f"{', '.join(virtual_only)} need --device virtual")
+    if args.mic:
+        read_wav(args.mic)  # WavFormatError: names the file and what is wrong with it
+    keys = curve_dir(args.curve_dir)
     return ControllerConfig(
-        endpoint=endpoints.control_endpoint(args.endpoint),
+        endpoint=endpoints.control_endpoint(args.endpoint, curve=keys is not None),
+        curve_dir=keys,
         record_dir=args.record_dir or default_record_dir(),
         device=args.device, input_device=args.input_device, output_device=args.output_device,
         aec=not args.no_aec, clone_voice=args.clone_voice,

@@ -28,14 +28,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = controller_config(args)
         controller = Controller(config)
-    except (endpoints.EndpointError, ValueError, RuntimeError) as exc:
+    except (endpoints.EndpointError, ValueError, RuntimeError, OSError) as exc:
         print(f"callctl serve: {exc}", file=sys.stderr)
         return 2
     install_stop_signals(controller)
-    print(f"callctl: serving {config.endpoint} (events {controller.events_endpoint})",
-          flush=True)
+
+    def ready() -> None:
+        print(f"callctl: serving {config.endpoint} (events {controller.events_endpoint})",
+              flush=True)
+
     try:
-        controller.run()
+        controller.run(on_ready=ready)
     except RuntimeError as exc:
         print(f"callctl serve: {exc}", file=sys.stderr)
         return 1

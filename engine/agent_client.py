@@ -188,12 +188,6 @@ class AgentServerProcess:
         return self.popen.poll() is None
 
     def stop(self, timeout: float = 3.0) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        lifeline.terminate(self.popen, timeout)
         if self.popen.stdout:
             self.popen.stdout.close()

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from multiprocessing import shared_memory
 from pathlib import Path
 from typing import Any
@@ -30,15 +31,20 @@ class AudioProcessError(RuntimeError):
 class ControlClient:
     """A REQ client with timeouts for one ZeroMQ endpoint. One thread uses it."""
 
-    def __init__(self, endpoint: str, context: zmq.Context | None = None) -> None:
+    def __init__(self, endpoint: str, context: zmq.Context | None = None,
+                 secure: Callable[[zmq.Socket], None] | None = None) -> None:
         self.endpoint = endpoint
         self._ctx = context or zmq.Context.instance()
         self._sock: zmq.Socket | None = None
+        self._secure = secure  # e.g. CurveZMQ client keys' ``apply``
 
     def _socket(self) -> zmq.Socket:
         if self._sock is None:
             sock = self._ctx.socket(zmq.REQ)
             sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
+            if self._secure is not None:
+                self._secure(sock)
             sock.connect(self.endpoint)
             self._sock = sock
         return self._sock
@@ -117,12 +123,7 @@ class AudioProcess:
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.popen.terminate()
-                try:
-                    self.popen.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.popen.kill()
-                    self.popen.wait()
+                lifeline.terminate(self.popen, timeout)
         self.client.close()
         unlink_rings(self.ring_prefix)
         return self.popen.returncode

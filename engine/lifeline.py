@@ -12,14 +12,28 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import subprocess
 import sys
 from types import FrameType
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
+
+
+def terminate(popen: subprocess.Popen[Any], timeout: float = 3.0) -> int:
+    """The stop every parent uses: SIGTERM, then SIGKILL after ``timeout`` s; reaped."""
+    if popen.poll() is None:
+        popen.terminate()
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait()
+    return popen.returncode
 
 
 def _exit_now(signum: int, frame: FrameType | None) -> None:

@@ -135,8 +135,15 @@ EVENT_LEVELS = "levels"  # call_id, in_dbfs, out_dbfs, about 10 a second during 
 EVENT_CALL_ENDED = "call.ended"  # call_id, reason, timings {...}, recording, agent_killed
 EVENT_ERROR = "error"  # message, call_id
 EVENT_AGENT = "agent"  # call_id, kind ("conversation"|"interruption"|"latency"), fields
+EVENT_POSTCALL = "postcall"  # call_id, stage, progress (0..1 or null), message, voice_id
 PUBLIC_EVENTS = (EVENT_STATE, EVENT_TRANSCRIPT, EVENT_LEVELS, EVENT_CALL_ENDED, EVENT_ERROR,
-                 EVENT_AGENT)
+                 EVENT_AGENT, EVENT_POSTCALL)
+
+# Stages of a ``postcall`` event; every run ends with exactly one of POSTCALL_FINAL_STAGES.
+# The post-call process pushes the same frame (plus "pid", "t") to the controller's
+# agent-events socket, where the controller republishes it.
+POSTCALL_STAGES = ("saving", "trimming", "cloning", "done", "failed", "cancelled")
+POSTCALL_FINAL_STAGES = ("done", "failed", "cancelled")
 
 
 def decode_request(frame: bytes, commands: dict[str, dict[str, Field]]) -> dict[str, Any]:

@@ -95,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse websockets that do not come from a signed URL",
     )
     parser.add_argument(
+        "--voice-add-delay",
+        type=_non_negative,
+        default=0.0,
+        metavar="SECONDS",
+        help="answer every voice clone (POST /v1/voices/add) this much later (testing work "
+        "that must not wait for an upload; default 0)",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -166,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         announced_output_format=args.output_format,
     )
     config = ServerConfig(
-        host=args.host, port=args.port, require_auth=args.require_auth, session=session
+        host=args.host, port=args.port, require_auth=args.require_auth, session=session,
+        voice_add_delay_s=args.voice_add_delay,
     )
     server = AgentServer(script, config, voice)
     try:

@@ -8,6 +8,10 @@
   ``GET http://HOST:PORT/v1/convai/conversation/get-signed-url?agent_id=...`` with an
   ``xi-api-key`` header; the answer ``{"signed_url": "ws://...&conversation_signature=T"}``
   is the websocket it then opens.
+* ``ElevenLabs(...).voices.ivc.create(name=..., files=[...])`` posts
+  ``POST http://HOST:PORT/v1/voices/add`` (multipart), answered by
+  :mod:`.voices`. Requests with a body never reach ``websockets`` (which
+  refuses them): :mod:`.http` reads them on the same port.
 
 The key must be non-empty and is never logged or stored. Tokens are valid for
 ``token_ttl_s``; a websocket with an unknown or expired token is refused (403),
@@ -29,9 +33,11 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from . import protocol as p
+from .http import HttpConnection, HttpRequest, HttpResponse, connection_class
 from .script import Script
 from .session import Session, SessionConfig
 from .voice import Voice
+from .voices import VOICES_ADD_PATH, VoiceLibrary
 
 log = logging.getLogger("agent_server")
 
@@ -53,6 +59,8 @@ class ServerConfig:
     """Refuse websockets that do not carry a signed-URL token."""
     token_ttl_s: float = 900.0
     """Lifetime of a signed-URL token."""
+    voice_add_delay_s: float = 0.0
+    """Seconds every accepted ``POST /v1/voices/add`` waits before it is answered (tests)."""
     session: SessionConfig = field(default_factory=SessionConfig)
 
 
@@ -81,6 +89,8 @@ class AgentServer:
         self._tokens: dict[str, float] = {}  # token -> expiry (loop time, s)
         self._port = 0
         self._host = config.host
+        self.voices = VoiceLibrary(delay_s=config.voice_add_delay_s)
+        self._connections: set[HttpConnection] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -91,6 +101,10 @@ class AgentServer:
             self.config.host,
             self.config.port,
             process_request=self._process_request,
+            create_connection=connection_class(
+                self._http_request, self._connections.add, self._connections.discard
+            ),
+            open_timeout=None,  # HttpConnection times both kinds of request itself
             ping_interval=None,  # the protocol's own ping events keep the session alive
             close_timeout=CLOSE_TIMEOUT_S,
             max_size=MAX_FRAME_BYTES,
@@ -104,6 +118,9 @@ class AgentServer:
         """Stop accepting, close every conversation (stalled ones are torn down) and wait."""
         if self._server is None:
             return
+        for connection in list(self._connections):
+            if connection.mode != "websocket":  # HTTP requests and silent sockets: drop
+                connection.transport.abort()
         self._server.close(close_connections=True)
         await self._server.wait_closed()
         self._server = None
@@ -155,6 +172,8 @@ class AgentServer:
                 log.warning("websocket refused: this agent requires a signed URL")
                 return connection.respond(403, "this agent requires a signed URL\n")
             return None
+        if path == VOICES_ADD_PATH:
+            return _json_response(connection, 405, {"detail": "Method Not Allowed"})
         return connection.respond(404, "not found\n")
 
     def _signed_url(
@@ -187,6 +206,15 @@ class AgentServer:
         return _json_response(
             connection, 200, {"signed_url": f"{origin}{p.CONVERSATION_PATH}?{query}"}
         )
+
+    async def _http_request(self, request: HttpRequest) -> HttpResponse:
+        """Requests with a body (or any method but GET): the REST endpoints."""
+        path = request.path.partition("?")[0]
+        if path == VOICES_ADD_PATH:
+            if request.method != "POST":
+                return HttpResponse(405, {"detail": "Method Not Allowed"})
+            return await self.voices.add(request)
+        return HttpResponse(404, {"detail": "Not Found"})
 
     # ------------------------------------------------------------------ conversations
 

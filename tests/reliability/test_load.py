@@ -47,6 +47,7 @@ def test_status_flood_causes_no_xrun_and_does_not_delay_a_hangup(serve: Any) -> 
     replied_ms = (time.monotonic() - sent) * 1000
     out, _ = flood.communicate(timeout=30)
     figures = json.loads(out)
+    print(f"flood: {figures}, hangup reply {replied_ms:.1f} ms")
     assert figures["sent"] / figures["seconds"] >= 5000, figures
     assert figures["answered"] == figures["sent"], "every status was answered"
     assert reply["ok"]
