@@ -13,7 +13,7 @@ SYSTEM_PACKAGES := gcc python3-dev python3-venv portaudio19-dev libasound2-plugi
 	libxcb-image0 libxcb-xinerama0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all setup system venv test lint demo bench soak clean
+.PHONY: all setup system venv test lint demo bench soak screenshot clean
 
 all: test
 
@@ -49,6 +49,10 @@ test: setup lint
 soak: setup
 	CALLCTL_FUZZ_EXAMPLES=10000 $(BIN)/pytest -q -p no:cacheprovider -m soak tests/soak
 	CALLCTL_FUZZ_EXAMPLES=10000 $(BIN)/pytest -q -p no:cacheprovider tests/reliability/test_fuzz.py
+
+# The README's picture of the window mid-call (under its own Xvfb).
+screenshot: setup
+	$(BIN)/python -m gui.screenshot docs/gui.png
 
 demo: setup
 	$(BIN)/callctl demo

@@ -1,0 +1,287 @@
+"""The window's own controller: a `callctl serve` child process, spawned and stopped.
+
+``ServeConfig`` is the command line: the GUI's controller options passed
+through as given (``controller.options.add_controller_options``), except the
+devices, which the window's pickers may change (``with_devices``), and the
+virtual device's ``--mic``/``--speaker``/``--echo``, passed only while the
+device is ``virtual`` (``serve`` refuses them otherwise).
+
+``ServeProcess`` runs one child. GUI thread only, and it never waits:
+``Popen`` returns at once; the child's stderr (where ``serve`` says why it
+could not start, e.g. no audio device) is read through a ``QSocketNotifier``
+on the non-blocking pipe, keeping the last lines; its exit is noticed through
+a pidfd (Linux) or, failing that, a 100 ms poll, and announced by ``exited``.
+``terminate`` is SIGTERM (``serve`` ends any call first, then exits), then
+SIGKILL at a deadline. ``stop_blocking`` is the same, waiting, for when the
+event loop has ended. The child gets ``PR_SET_PDEATHSIG``, so it does not
+outlive a GUI that crashes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from PyQt6.QtCore import QObject, QSocketNotifier, QTimer, pyqtSignal
+
+VIRTUAL = "virtual"
+DEVICE_DESTS = {"device", "input_device", "output_device"}
+VIRTUAL_DESTS = {"mic", "speaker", "echo"}
+STDERR_KEEP_LINES = 40
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The command line of one `callctl serve`."""
+
+    endpoint: str
+    device: str | None = None
+    """``--device``: ``virtual``, a PortAudio name or index, or None (the system's default)."""
+    input_device: str | None = None
+    output_device: str | None = None
+    virtual_args: tuple[str, ...] = ()
+    """``--mic``/``--speaker``/``--echo`` as given; passed only with ``device == "virtual"``."""
+    extra_args: tuple[str, ...] = field(default=())
+    """Every other controller option, as given."""
+
+    def argv(self) -> list[str]:
+        cmd = [sys.executable, "-m", "controller.cli", "serve", "--endpoint", self.endpoint]
+        if self.device is not None:
+            cmd.append(f"--device={self.device}")
+        if self.device == VIRTUAL:
+            cmd += self.virtual_args
+        else:
+            if self.input_device is not None:
+                cmd.append(f"--input-device={self.input_device}")
+            if self.output_device is not None:
+                cmd.append(f"--output-device={self.output_device}")
+        return cmd + list(self.extra_args)
+
+    def with_devices(self, device: str | None, input_device: str | None,
+                     output_device: str | None) -> ServeConfig:
+        return dataclasses.replace(self, device=device, input_device=input_device,
+                                   output_device=output_device)
+
+    @classmethod
+    def from_args(cls, parser: argparse.ArgumentParser, args: argparse.Namespace,
+                  endpoint: str, skip: set[str] | frozenset[str] = frozenset()) -> ServeConfig:
+        """Rebuild the controller options of ``args`` (parsed by ``parser``) for `serve`.
+
+        Generic over the parser's actions, so options added to
+        ``add_controller_options`` later pass through unchanged. ``skip``:
+        destinations that are the GUI's own (``--attach``) or handled here.
+        """
+        extra: list[str] = []
+        virtual: list[str] = []
+        for action in parser._actions:  # noqa: SLF001 - the documented way to walk a parser
+            dest = action.dest
+            if (dest in skip or dest in DEVICE_DESTS or dest == "endpoint" or dest == "help"
+                    or not action.option_strings or not hasattr(args, dest)):
+                continue
+            value = getattr(args, dest)
+            if value is None or value == action.default:
+                continue
+            flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") \
+                else action.option_strings[0]
+            target = virtual if dest in VIRTUAL_DESTS else extra
+            if isinstance(action, argparse._StoreTrueAction):  # noqa: SLF001
+                target.append(flag)
+            elif isinstance(value, list):
+                target += [f"{flag}={v}" for v in value]
+            else:
+                target.append(f"{flag}={value}")
+        return cls(endpoint=endpoint, device=args.device, input_device=args.input_device,
+                   output_device=args.output_device, virtual_args=tuple(virtual),
+                   extra_args=tuple(extra))
+
+
+def _resolve_prctl() -> Any:
+    """``prctl`` looked up now, in the parent: the child after ``fork`` must not ``dlopen``."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _resolve_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """``preexec_fn``: SIGTERM to the child when the GUI's thread that spawned it dies."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+class ServeProcess(QObject):
+    """One `callctl serve` child. GUI thread only; no method waits (but ``stop_blocking``)."""
+
+    exited = pyqtSignal(int, str)
+    """``(returncode, stderr_tail)``: negative returncode = killed by that signal."""
+
+    def __init__(self, config: ServeConfig, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.config = config
+        self.popen: subprocess.Popen[bytes] | None = None
+        self._lines: deque[str] = deque(maxlen=STDERR_KEEP_LINES)
+        self._partial = b""
+        self._stderr_fd: int | None = None
+        self._stderr_notifier: QSocketNotifier | None = None
+        self._pidfd: int | None = None
+        self._exit_notifier: QSocketNotifier | None = None
+        self._poll_timer: QTimer | None = None
+        self._kill_timer = QTimer(self)
+        self._kill_timer.setSingleShot(True)
+        self._kill_timer.timeout.connect(self._kill)
+        self._reported = False
+
+    # -- starting --------------------------------------------------------------
+
+    def start(self) -> None:
+        """Spawn the child (``Popen``: a fork and an exec, no waiting)."""
+        self.popen = subprocess.Popen(
+            self.config.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, preexec_fn=_die_with_parent, close_fds=True)
+        assert self.popen.stderr is not None
+        self._stderr_fd = self.popen.stderr.fileno()
+        os.set_blocking(self._stderr_fd, False)
+        self._stderr_notifier = QSocketNotifier(cast(Any, self._stderr_fd),
+                                               QSocketNotifier.Type.Read, self)
+        self._stderr_notifier.activated.connect(lambda *_: self._read_stderr())
+        try:
+            self._pidfd = os.pidfd_open(self.popen.pid)
+        except (AttributeError, OSError):
+            self._pidfd = None
+        if self._pidfd is not None:
+            self._exit_notifier = QSocketNotifier(cast(Any, self._pidfd),
+                                                 QSocketNotifier.Type.Read, self)
+            self._exit_notifier.activated.connect(lambda *_: self._check_exit())
+        else:
+            self._poll_timer = QTimer(self)
+            self._poll_timer.setInterval(100)
+            self._poll_timer.timeout.connect(self._check_exit)
+            self._poll_timer.start()
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode if self.popen is not None else None
+
+    def stderr_tail(self, lines: int = 8) -> str:
+        """The child's last ``lines`` lines of stderr (its own and its children's)."""
+        tail = list(self._lines)
+        if self._partial:
+            tail.append(self._partial.decode(errors="replace"))
+        return "\n".join(line for line in tail[-lines:] if line.strip())
+
+    # -- watching ----------------------------------------------------------------
+
+    def _read_stderr(self) -> None:
+        fd = self._stderr_fd
+        if fd is None:
+            return
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:  # EOF: every writer (the child and its children) is gone
+                self._close_stderr()
+                return
+            data = self._partial + chunk
+            *whole, self._partial = data.split(b"\n")
+            for line in whole:
+                text = line.decode(errors="replace").rstrip()
+                self._lines.append(text)
+                print(text, file=sys.stderr)  # the terminal still sees what serve says
+            if len(self._partial) > 8192:
+                self._lines.append(self._partial.decode(errors="replace"))
+                self._partial = b""
+
+    def _close_stderr(self) -> None:
+        if self._stderr_notifier is not None:
+            self._stderr_notifier.setEnabled(False)
+            self._stderr_notifier.deleteLater()
+            self._stderr_notifier = None
+        if self.popen is not None and self.popen.stderr is not None:
+            self.popen.stderr.close()
+        self._stderr_fd = None
+
+    def _check_exit(self) -> None:
+        if self.popen is None or self.popen.poll() is None or self._reported:
+            return
+        self._reported = True
+        self._kill_timer.stop()
+        if self._exit_notifier is not None:
+            self._exit_notifier.setEnabled(False)
+            self._exit_notifier.deleteLater()
+            self._exit_notifier = None
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        if self._poll_timer is not None:
+            self._poll_timer.stop()
+        self._read_stderr()  # what it said last is in the pipe already
+        self.exited.emit(self.popen.returncode, self.stderr_tail())
+
+    # -- stopping --------------------------------------------------------------
+
+    def terminate(self, grace_s: float) -> None:
+        """SIGTERM now (``serve`` ends any call, then exits); SIGKILL after ``grace_s``."""
+        if not self.running:
+            self._check_exit()
+            return
+        assert self.popen is not None
+        with contextlib.suppress(ProcessLookupError):
+            self.popen.send_signal(signal.SIGTERM)
+        self._kill_timer.start(round(grace_s * 1000))
+
+    def _kill(self) -> None:
+        if self.running:
+            assert self.popen is not None
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.kill()
+
+    def stop_blocking(self, grace_s: float) -> int | None:
+        """Waiting version of ``terminate``: for after the event loop (the window is gone)."""
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        self._kill_timer.stop()
+        if self._poll_timer is not None:
+            self._poll_timer.stop()
+        if self._exit_notifier is not None:
+            self._exit_notifier.setEnabled(False)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        self._reported = True
+        self._close_stderr()
+        return self.popen.returncode

@@ -1,0 +1,879 @@
+"""The callctl window: call, hang up, levels, transcript, and how the last hangup went.
+
+GUI thread only. The window is a view over a ``Session`` (gui/session.py):
+it sends ``call`` / ``hangup`` / ``cancel_clone`` through it and draws what
+comes back — the link's phase, the call's state, and the controller's events.
+Nothing here waits for anything.
+
+Layout, top to bottom: a header that reads at a glance (a coloured dot, the
+state in large type — "Ready", "Calling…", "In call", "Stopping…", "Call
+failed" — a line of detail, and the call's timer); an error banner, only
+when something is wrong, saying what and what to do; the Call and Hang up
+buttons; the microphone and speaker meters; then the transcript beside a
+column with the call's setup (agent, devices, voice clone) and the last
+call's measured hangup timings and recording.
+
+Hang up acts on *press* (``QPushButton.pressed``), as does its shortcut,
+because the whole point of callctl is that the agent's voice is gone the
+moment you decide: Esc or Ctrl+H. Call: Ctrl+Return.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from pathlib import Path
+from typing import Any
+
+from PyQt6.QtCore import QSize, Qt, QTimer, QUrl
+from PyQt6.QtGui import QCloseEvent, QDesktopServices, QFont, QKeySequence, QShortcut
+from PyQt6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QFrame,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMainWindow,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+
+from gui import devices as device_choices
+from gui import messages
+from gui.devices import Choice
+from gui.meters import LevelMeter
+from gui.session import IDLE_STATES, Session
+from gui.settings import LOCAL_AGENT, GuiSettings
+from gui.settings import save as save_settings
+from gui.settings import save_later as save_settings_later
+from gui.settings import start_writer as start_settings_writer
+
+CALL_KEYS: tuple[str, ...] = ("Ctrl+Return", "Ctrl+Enter")
+HANGUP_KEYS: tuple[str, ...] = ("Esc", "Ctrl+H")
+
+COLORS = {
+    "idle": "#64748b",
+    "busy": "#d97706",
+    "live": "#16a34a",
+    "bad": "#dc2626",
+}
+AGENT_COLOR = "#2563eb"
+CALLER_COLOR = "#15803d"
+FINAL_POSTCALL_STAGES = {"done", "failed", "cancelled"}
+START_NEWS_GRACE_MS = 3000
+"""After ``call`` is answered, how long "Calling…" waits for the call's first state event."""
+
+STYLE = """
+QFrame#header { background: palette(base); border: none;
+                border-bottom: 1px solid palette(midlight); }
+QLabel#state { font-weight: 600; }
+QLabel#detail, QLabel#hint { color: palette(placeholder-text); }
+QLabel#timer { font-weight: 500; }
+QFrame#banner { background: #fef2f2; border: 1px solid #fca5a5; border-radius: 6px; }
+QFrame#banner QLabel { color: #7f1d1d; background: transparent; }
+QFrame#banner QLabel#bannerHint { color: #991b1b; }
+QPushButton#call, QPushButton#hangup {
+    font-weight: 600; border-radius: 8px; padding: 8px 18px; color: white; border: none; }
+QPushButton#call { background: #16a34a; }
+QPushButton#call:hover { background: #15803d; }
+QPushButton#call:pressed { background: #166534; }
+QPushButton#hangup { background: #dc2626; }
+QPushButton#hangup:hover { background: #b91c1c; }
+QPushButton#hangup:pressed { background: #991b1b; }
+QPushButton#call:disabled, QPushButton#hangup:disabled {
+    background: palette(midlight); color: palette(placeholder-text); }
+QGroupBox { font-weight: 600; }
+QGroupBox QLabel, QGroupBox QCheckBox, QGroupBox QComboBox, QGroupBox QLineEdit {
+    font-weight: normal; }
+"""
+
+
+def _scaled_font(widget: QWidget, factor: float, weight: QFont.Weight | None = None,
+                 mono: bool = False) -> QFont:
+    font = QFont(widget.font())
+    if mono:
+        font.setStyleHint(QFont.StyleHint.Monospace)
+        font.setFamilies(["DejaVu Sans Mono", "Menlo", "Consolas", "monospace"])
+    font.setPointSizeF(font.pointSizeF() * factor)
+    if weight is not None:
+        font.setWeight(weight)
+    return font
+
+
+class MainWindow(QMainWindow):
+    """See module docstring. The session must not be started yet (the window connects first)."""
+
+    def __init__(self, session: Session, settings: GuiSettings,
+                 settings_file: Path | None = None) -> None:
+        super().__init__()
+        self.session = session
+        self.settings = settings
+        self.settings_file = settings_file
+        self.devices: list[dict[str, Any]] | None = None
+        self.call_id: str | None = None
+        self.last_ended: dict[str, Any] | None = None
+        self._phase, self._phase_message = session.phase, ""
+        self._call_state = "idle"
+        self._call_requested = False
+        self._hangup_requested = False
+        self._in_call_since: float | None = None
+        self._frozen_duration: float | None = None
+        self._recording: Path | None = None
+        self._clone_names: dict[str, str] = {}
+        """Voice-clone name per call id, for the calls this window started with one."""
+        self._clone_pending: str | None = None
+        self._postcall_call: str | None = None
+        self._mic_choices: list[Choice] = []
+        self._speaker_choices: list[Choice] = []
+        self._build()
+        self._wire()
+        self._render()
+        start_settings_writer()  # its thread now, not in the middle of a Call click
+
+    # -- building ------------------------------------------------------------------
+
+    def _build(self) -> None:
+        self.setWindowTitle("callctl")
+        self.setStyleSheet(STYLE)
+        root = QWidget(self)
+        self.setCentralWidget(root)
+        outer = QVBoxLayout(root)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.setSpacing(0)
+        outer.addWidget(self._build_header())
+        body = QVBoxLayout()
+        body.setContentsMargins(16, 12, 16, 16)
+        body.setSpacing(12)
+        outer.addLayout(body, 1)
+        body.addWidget(self._build_banner())
+        body.addLayout(self._build_controls())
+        body.addLayout(self._build_meters())
+        lower = QHBoxLayout()
+        lower.setSpacing(16)
+        lower.addWidget(self._build_transcript(), 3)
+        side = QVBoxLayout()
+        side.setSpacing(12)
+        side.addWidget(self._build_setup())
+        side.addWidget(self._build_postcall())
+        side.addWidget(self._build_details())
+        side.addStretch(1)
+        lower.addLayout(side, 2)
+        body.addLayout(lower, 1)
+        self.resize(self.sizeHint())  # the layout keeps it from shrinking below its minimum
+
+    def _build_header(self) -> QWidget:
+        header = QFrame(self)
+        header.setObjectName("header")
+        row = QHBoxLayout(header)
+        row.setContentsMargins(20, 14, 20, 14)
+        row.setSpacing(14)
+        self.dot = QLabel("●", header)
+        self.dot.setFont(_scaled_font(self, 2.0))
+        self.dot.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        row.addWidget(self.dot, 0, Qt.AlignmentFlag.AlignVCenter)
+        texts = QVBoxLayout()
+        texts.setSpacing(2)
+        self.state_label = QLabel("Starting…", header)
+        self.state_label.setObjectName("state")
+        self.state_label.setFont(_scaled_font(self, 1.9, QFont.Weight.DemiBold))
+        self.detail_label = QLabel("", header)
+        self.detail_label.setObjectName("detail")
+        self.detail_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.detail_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        texts.addWidget(self.state_label)
+        texts.addWidget(self.detail_label)
+        row.addLayout(texts, 1)
+        self.timer_label = QLabel("00:00", header)
+        self.timer_label.setObjectName("timer")
+        self.timer_label.setFont(_scaled_font(self, 2.3, QFont.Weight.Medium, mono=True))
+        self.timer_label.setToolTip("Time in call")
+        row.addWidget(self.timer_label, 0, Qt.AlignmentFlag.AlignVCenter)
+        return header
+
+    def _build_banner(self) -> QWidget:
+        self.banner = QFrame(self)
+        self.banner.setObjectName("banner")
+        row = QHBoxLayout(self.banner)
+        row.setContentsMargins(12, 10, 10, 10)
+        row.setSpacing(10)
+        icon = QLabel("⚠", self.banner)
+        icon.setFont(_scaled_font(self, 1.4))
+        row.addWidget(icon, 0, Qt.AlignmentFlag.AlignTop)
+        texts = QVBoxLayout()
+        texts.setSpacing(4)
+        self.banner_title = QLabel("", self.banner)
+        self.banner_title.setFont(_scaled_font(self, 1.0, QFont.Weight.DemiBold))
+        self.banner_title.setWordWrap(True)
+        self.banner_text = QLabel("", self.banner)
+        self.banner_text.setWordWrap(True)
+        self.banner_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.banner_text.setFont(_scaled_font(self, 0.92, mono=True))
+        self.banner_hint = QLabel("", self.banner)
+        self.banner_hint.setObjectName("bannerHint")
+        self.banner_hint.setWordWrap(True)
+        for label in (self.banner_title, self.banner_text, self.banner_hint):
+            label.setTextFormat(Qt.TextFormat.PlainText)
+            texts.addWidget(label)
+        row.addLayout(texts, 1)
+        buttons = QVBoxLayout()
+        self.restart_button = QPushButton("Restart engine", self.banner)
+        self.restart_button.setToolTip("Start the controller again with the devices chosen above")
+        self.dismiss_button = QPushButton("Dismiss", self.banner)
+        buttons.addWidget(self.restart_button)
+        buttons.addWidget(self.dismiss_button)
+        buttons.addStretch(1)
+        row.addLayout(buttons)
+        self.banner.hide()
+        return self.banner
+
+    def _build_controls(self) -> QGridLayout:
+        grid = QGridLayout()
+        grid.setHorizontalSpacing(12)
+        grid.setVerticalSpacing(4)
+        big = _scaled_font(self, 1.3, QFont.Weight.DemiBold)
+        em = self.fontMetrics().height()
+        self.call_button = QPushButton("Call", self)
+        self.call_button.setObjectName("call")
+        self.hangup_button = QPushButton("Hang up", self)
+        self.hangup_button.setObjectName("hangup")
+        for button, shortcuts, tip in (
+                (self.call_button, CALL_KEYS, "Call the agent"),
+                (self.hangup_button, HANGUP_KEYS,
+                 "End the call: the agent's voice stops the moment you press")):
+            button.setFont(big)
+            button.setMinimumHeight(round(em * 2.6))
+            button.setMinimumWidth(em * 9)
+            button.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+            button.setToolTip(f"{tip} ({' or '.join(_native(k) for k in shortcuts)})")
+            button.setAutoDefault(False)
+        grid.addWidget(self.call_button, 0, 0)
+        grid.addWidget(self.hangup_button, 0, 1)
+        for col, keys in ((0, CALL_KEYS[:1]), (1, HANGUP_KEYS)):
+            hint = QLabel(" or ".join(_native(k) for k in keys), self)
+            hint.setObjectName("hint")
+            hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            grid.addWidget(hint, 1, col)
+        return grid
+
+    def _build_meters(self) -> QGridLayout:
+        grid = QGridLayout()
+        grid.setHorizontalSpacing(10)
+        grid.setVerticalSpacing(6)
+        self.mic_meter = LevelMeter(self)
+        self.speaker_meter = LevelMeter(self)
+        self.mic_level = QLabel(messages.dbfs(None), self)
+        self.speaker_level = QLabel(messages.dbfs(None), self)
+        width = self.fontMetrics().horizontalAdvance("−60 dB ")
+        for row, (name, meter, value, tip) in enumerate((
+                ("Microphone", self.mic_meter, self.mic_level, "What the agent hears (peak)"),
+                ("Speaker", self.speaker_meter, self.speaker_level, "What the agent says (peak)"))):
+            label = QLabel(name, self)
+            label.setToolTip(tip)
+            meter.setToolTip(f"{tip}, −60 to 0 dBFS; the mark and the figure hold the peak "
+                             "for 1.5 s")
+            value.setMinimumWidth(width)
+            value.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            value.setFont(_scaled_font(self, 1.0, mono=True))
+            grid.addWidget(label, row, 0)
+            grid.addWidget(meter, row, 1)
+            grid.addWidget(value, row, 2)
+        grid.setColumnStretch(1, 1)
+        return grid
+
+    def _build_transcript(self) -> QWidget:
+        box = QGroupBox("Transcript", self)
+        lay = QVBoxLayout(box)
+        self.transcript = QPlainTextEdit(box)
+        self.transcript.setReadOnly(True)
+        self.transcript.setPlaceholderText("What you and the agent say appears here.")
+        self.transcript.setMaximumBlockCount(5000)
+        self.transcript.setFrameShape(QFrame.Shape.NoFrame)
+        font = QFont(self.font())
+        font.setPointSizeF(font.pointSizeF() * 1.08)
+        self.transcript.setFont(font)
+        lay.addWidget(self.transcript)
+        return box
+
+    def _build_setup(self) -> QWidget:
+        box = QGroupBox("Call setup", self)
+        form = QFormLayout(box)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.agent_combo = QComboBox(box)
+        self.agent_combo.setEditable(True)
+        self.agent_combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        self.agent_combo.addItem(LOCAL_AGENT)
+        for agent in self.settings.recent_agents:
+            self.agent_combo.addItem(agent)
+        self.agent_combo.setCurrentText(self.settings.agent)
+        line = self.agent_combo.lineEdit()
+        if line is not None:
+            line.setPlaceholderText("local, or an ElevenLabs agent id")
+        self.agent_combo.setToolTip("'local' is the offline agent; or type an ElevenLabs agent "
+                                    "id (the API key comes from ELEVENLABS_API_KEY or "
+                                    "~/.config/callctl/config.toml). Remembered.")
+        form.addRow("Agent", self.agent_combo)
+        self.mic_combo = QComboBox(box)
+        self.speaker_combo = QComboBox(box)
+        for combo in (self.mic_combo, self.speaker_combo):
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(12)
+        form.addRow("Microphone", self.mic_combo)
+        form.addRow("Speaker", self.speaker_combo)
+        clone_row = QHBoxLayout()
+        self.clone_check = QCheckBox("Clone my voice as", box)
+        self.clone_check.setToolTip("After the call, clone your voice from the recording on "
+                                    "ElevenLabs under this name (needs an API key)")
+        self.clone_name = QLineEdit(self.settings.clone_name, box)
+        self.clone_name.setPlaceholderText("voice name")
+        self.clone_name.setEnabled(False)
+        clone_row.addWidget(self.clone_check)
+        clone_row.addWidget(self.clone_name, 1)
+        form.addRow(clone_row)
+        return box
+
+    def _build_postcall(self) -> QWidget:
+        self.postcall_box = QGroupBox("After the call", self)
+        self.postcall_box.setToolTip("The call's folder is filled (recording, the caller's "
+                                     "speech, transcript, summary); with “Clone my voice”, "
+                                     "the voice is cloned")
+        lay = QVBoxLayout(self.postcall_box)
+        self.postcall_label = QLabel("", self.postcall_box)
+        self.postcall_label.setWordWrap(True)
+        self.postcall_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.postcall_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        row = QHBoxLayout()
+        self.postcall_progress = QProgressBar(self.postcall_box)
+        self.postcall_progress.setRange(0, 1000)
+        self.postcall_progress.setTextVisible(False)
+        self.postcall_progress.setMaximumHeight(max(8, self.fontMetrics().height() // 2))
+        self.clone_cancel = QPushButton("Cancel clone", self.postcall_box)
+        self.clone_cancel.setToolTip("Stop cloning the voice (the call's files are kept)")
+        self.clone_cancel.hide()
+        row.addWidget(self.postcall_progress, 1)
+        row.addWidget(self.clone_cancel)
+        lay.addWidget(self.postcall_label)
+        lay.addLayout(row)
+        self.postcall_box.hide()
+        return self.postcall_box
+
+    def _build_details(self) -> QWidget:
+        box = QGroupBox("Last hangup", self)
+        box.setToolTip("Measured by the controller, from the moment the hangup reached it")
+        form = QFormLayout(box)
+        form.setLabelAlignment(Qt.AlignmentFlag.AlignLeft)
+        self.timing_labels: dict[str, QLabel] = {}
+        mono = _scaled_font(self, 1.0, mono=True)
+        for key, name, tip in (
+                ("ended", "Ended", "Why the last call ended"),
+                ("audio_silent_ms", "Audio silent", "Hangup → the speaker faded to silence"),
+                ("stream_stopped_ms", "Stream stopped", "Hangup → the audio stream stopped"),
+                ("agent_exited_ms", "Agent exited", "Hangup → the agent process was reaped"),
+                ("total_ms", "Total", "Hangup → everything stopped")):
+            label = QLabel("—", box)
+            label.setToolTip(tip)
+            if key != "ended":
+                label.setFont(mono)
+            label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            name_label = QLabel(name, box)
+            name_label.setToolTip(tip)
+            form.addRow(name_label, label)
+            self.timing_labels[key] = label
+        self.timing_labels["ended"].setWordWrap(True)
+        rec_row = QHBoxLayout()
+        self.recording_label = QLabel("—", box)
+        self.recording_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.recording_label.setSizePolicy(QSizePolicy.Policy.Ignored,
+                                           QSizePolicy.Policy.Preferred)
+        self.open_folder_button = QPushButton("Open folder", box)
+        self.open_folder_button.setToolTip("Show the call's folder (recording, transcript)")
+        self.open_folder_button.setEnabled(False)
+        rec_row.addWidget(self.recording_label, 1)
+        rec_row.addWidget(self.open_folder_button)
+        form.addRow("Recording", rec_row)
+        return box
+
+    # -- wiring --------------------------------------------------------------------
+
+    def _wire(self) -> None:
+        s = self.session
+        s.phase_changed.connect(self._on_phase)
+        s.call_state_changed.connect(self._on_call_state)
+        s.event_received.connect(self._on_event)
+        s.devices_changed.connect(self._on_devices)
+        s.status_changed.connect(self._on_status)
+        self.call_button.clicked.connect(self.start_call)
+        self.hangup_button.pressed.connect(self.hang_up)  # on press, not on release
+        for keys, slot in ((CALL_KEYS, self.start_call), (HANGUP_KEYS, self.hang_up)):
+            for key in keys:
+                shortcut = QShortcut(QKeySequence(key), self)
+                shortcut.setAutoRepeat(False)
+                shortcut.setContext(Qt.ShortcutContext.WindowShortcut)
+                shortcut.activated.connect(slot)
+        self.restart_button.clicked.connect(self._restart)
+        self.dismiss_button.clicked.connect(self._hide_banner)
+        self.clone_check.toggled.connect(self._on_clone_toggled)
+        self.clone_cancel.clicked.connect(self._cancel_clone)
+        self.open_folder_button.clicked.connect(self.open_recording_folder)
+        self.mic_combo.activated.connect(lambda _i: self._on_device_picked("input"))
+        self.speaker_combo.activated.connect(lambda _i: self._on_device_picked("output"))
+        self._tick = QTimer(self)
+        self._tick.setInterval(200)
+        self._tick.timeout.connect(self._update_timer)
+        self._fill_device_pickers()
+
+    # -- actions -------------------------------------------------------------------
+
+    @property
+    def can_call(self) -> bool:
+        return (self._phase == "ready" and self._call_state in IDLE_STATES
+                and not self._call_requested)
+
+    @property
+    def can_hang_up(self) -> bool:
+        return (self._phase in ("ready", "unresponsive") and not self._hangup_requested
+                and (self._call_state in ("starting", "in_call") or self._call_requested))
+
+    def agent(self) -> str:
+        return self.agent_combo.currentText().strip() or LOCAL_AGENT
+
+    def start_call(self) -> None:
+        """Call button / Ctrl+Return: ask the controller for a call with the chosen agent."""
+        if not self.can_call:
+            return
+        clone = None
+        if self.clone_check.isChecked():
+            clone = self.clone_name.text().strip()
+            if not clone:
+                self._show_banner("Name the cloned voice",
+                                  "Type a name next to “Clone my voice as”, or untick it.")
+                self.clone_name.setFocus()
+                return
+            self.settings.clone_name = clone
+        agent = self.agent()
+        self.settings.remember_agent(agent)
+        if self.agent_combo.findText(agent) < 0:
+            self.agent_combo.insertItem(1, agent)
+        save_settings_later(self.settings, self.settings_file)
+        self._clone_pending = clone
+        self._hide_banner()
+        self.transcript.clear()
+        self.postcall_box.hide()
+        self._in_call_since = None
+        self._frozen_duration = None
+        self._call_requested = True
+        self._render()
+        self.session.call(agent, clone, self._on_call_reply)
+
+    def _on_call_reply(self, reply: dict[str, Any]) -> None:
+        if reply.get("ok"):
+            self.call_id = reply.get("call_id")
+            if self.call_id and self._clone_pending:
+                self._clone_names[self.call_id] = self._clone_pending
+            if self.session.state_call_id == self.call_id:
+                self._call_requested = False  # its state news came first (another socket)
+            else:  # "Calling…" until the news arrives; a status poll or this timer settles it
+                QTimer.singleShot(START_NEWS_GRACE_MS, self._start_news_overdue)
+        else:
+            self._call_requested = False
+            error = str(reply.get("error"))
+            self._show_banner("The call did not start", error, messages.hint(error))
+        self._render()
+
+    def _start_news_overdue(self) -> None:
+        if self._call_requested and self.call_id and self.session.state_call_id != self.call_id:
+            self._call_requested = False
+            self._render()
+
+    def hang_up(self) -> None:
+        """Hang up (on press, and Esc / Ctrl+H): ``Stopping…`` at once, the reply follows."""
+        if not self.can_hang_up:
+            return
+        self._hangup_requested = True
+        self._freeze_timer()
+        self._render()
+        self.session.hangup(self._on_hangup_reply)
+
+    def _on_hangup_reply(self, reply: dict[str, Any]) -> None:
+        if not reply.get("ok"):
+            error = str(reply.get("error"))
+            self._hangup_requested = False
+            if "no call" not in error:
+                self._show_banner("The hangup was not confirmed", error, messages.hint(error))
+        self._render()
+
+    def _cancel_clone(self) -> None:
+        self.clone_cancel.setEnabled(False)
+        self.postcall_label.setText("Cancelling the voice clone…")
+
+        def done(reply: dict[str, Any]) -> None:
+            if not reply.get("ok"):
+                self.postcall_label.setText(f"Could not cancel: {reply.get('error')}")
+                self.clone_cancel.setEnabled(True)
+
+        self.session.cancel_clone(done)
+
+    def open_recording_folder(self) -> bool:
+        """Show the last recording's folder in the desktop's file manager."""
+        if self._recording is None:
+            return False
+        return QDesktopServices.openUrl(QUrl.fromLocalFile(str(self._recording.parent)))
+
+    def _restart(self) -> None:
+        self._hide_banner()
+        self.session.restart()
+
+    def _on_clone_toggled(self, on: bool) -> None:
+        self.clone_name.setEnabled(on)
+        if on and not self.clone_name.text().strip():
+            self.clone_name.setFocus()
+
+    # -- devices -------------------------------------------------------------------
+
+    def _on_devices(self, devices: list[dict[str, Any]]) -> None:
+        self.devices = devices
+        self._fill_device_pickers()
+
+    def _fill_device_pickers(self) -> None:
+        config = self.session.config
+        if config is None:
+            for combo in (self.mic_combo, self.speaker_combo):
+                combo.clear()
+                combo.addItem("as the controller was started")
+            return
+        for combo, direction in ((self.mic_combo, "input"), (self.speaker_combo, "output")):
+            entries, current = device_choices.choices(self.devices, direction, config)  # type: ignore[arg-type]
+            combo.clear()
+            for entry in entries:
+                combo.addItem(entry.label)
+            combo.setCurrentIndex(current)
+            if direction == "input":
+                self._mic_choices = entries
+            else:
+                self._speaker_choices = entries
+
+    def _on_device_picked(self, direction: str) -> None:
+        config = self.session.config
+        if config is None or not self._mic_choices or not self._speaker_choices:
+            return
+        mic = self._mic_choices[max(0, self.mic_combo.currentIndex())]
+        speaker = self._speaker_choices[max(0, self.speaker_combo.currentIndex())]
+        new, mic, speaker = device_choices.config_for(config, mic, speaker,
+                                                      "input" if direction == "input" else "output")
+        if new == config:
+            return
+        if self.session.restart(new):
+            self._hide_banner()
+            self._fill_device_pickers()
+        else:
+            self._fill_device_pickers()  # refused (a call runs): show what is in use
+
+    # -- what the session says --------------------------------------------------------
+
+    def _on_phase(self, phase: str, message: str) -> None:
+        previous = self._phase
+        self._phase, self._phase_message = phase, message
+        if phase == "down":
+            title = "The audio engine stopped"
+            self._show_banner(title, message, messages.hint(message), restart=True)
+            self._call_requested = self._hangup_requested = False
+            self._call_state = "idle"
+            self._stop_meters()
+        elif phase == "unresponsive":
+            self._show_banner("Controller not responding", message, messages.hint(message),
+                              restart=self.session.owns_controller)
+        elif phase == "ready" and previous == "unresponsive":
+            self._hide_banner()
+        if phase == "ready" and previous in ("starting", "connecting"):
+            self._fill_device_pickers()
+        self._render()
+
+    def _on_status(self, status: dict[str, Any]) -> None:
+        call = status.get("call")
+        duration = _num(call.get("duration_s")) if isinstance(call, dict) else None
+        if self._call_state == "in_call" and self._in_call_since is None and duration is not None:
+            self._in_call_since = time.monotonic() - duration  # attached mid-call
+            self._tick.start()
+        if isinstance(call, dict) and not self.call_id:
+            self.call_id = call.get("call_id")
+        if self.last_ended is None and isinstance(status.get("last_call"), dict):
+            self._show_ended(status["last_call"], announce=False)
+        audio = status.get("audio")
+        if self.session.config is None and isinstance(audio, dict) and audio.get("device"):
+            for combo in (self.mic_combo, self.speaker_combo):
+                if combo.itemText(0) != audio["device"]:
+                    combo.clear()
+                    combo.addItem(str(audio["device"]))
+
+    def _on_call_state(self, state: str, reason: str | None) -> None:
+        previous = self._call_state
+        self._call_state = state
+        if self._call_requested and self.call_id and self.session.state_call_id == self.call_id:
+            self._call_requested = False
+        if state == "starting" and previous in IDLE_STATES and not self._call_requested:
+            self.transcript.clear()  # a call started by someone else (a script, the CLI)
+            self.postcall_box.hide()
+            self._in_call_since = None
+            self._frozen_duration = None
+        if state == "in_call":
+            if self._in_call_since is None:
+                self._in_call_since = time.monotonic()
+            self._tick.start()
+        elif state == "ending":
+            self._hangup_requested = True
+            self._freeze_timer()
+        elif state in IDLE_STATES:
+            self._hangup_requested = False
+            self._freeze_timer()
+            self._stop_meters()
+            if state == "failed" and reason:
+                text = messages.clean_reason(str(reason))
+                self._show_banner("Call failed", text, messages.hint(text))
+            if self.devices is None and self.session.owns_controller:
+                self.session.request_devices()
+        self._render()
+
+    def _on_event(self, topic: str, body: dict[str, Any]) -> None:
+        if topic == "levels":
+            if self._call_state == "in_call":
+                for meter, label, key in ((self.mic_meter, self.mic_level, "in_dbfs"),
+                                          (self.speaker_meter, self.speaker_level, "out_dbfs")):
+                    meter.set_level(_num(body.get(key)))
+                    label.setText(messages.dbfs(meter.held_peak()))  # the mark's figure
+        elif topic == "transcript":
+            self._add_line(str(body.get("role")), str(body.get("text", "")))
+        elif topic == "call.ended":
+            self._show_ended(body, announce=True)
+        elif topic == "error":
+            message = messages.clean_reason(str(body.get("message")))
+            self._show_banner("Error", message, messages.hint(message))
+        elif topic == "postcall":
+            self._on_postcall(body)
+
+    def _add_line(self, role: str, text: str) -> None:
+        if role == "agent":
+            who, color = "Agent", AGENT_COLOR
+        else:
+            who, color = "You", CALLER_COLOR
+        body = html.escape(text)
+        if text.startswith("[") and text.endswith("]"):  # offline: "[speech 1.4 s]"
+            body = f'<i style="color:#6b7280">{body}</i>'
+        self.transcript.appendHtml(f'<b style="color:{color}">{who}</b>&nbsp;&nbsp;{body}')
+
+    def _show_ended(self, event: dict[str, Any], announce: bool) -> None:
+        self.last_ended = event
+        timings = event.get("timings") if isinstance(event.get("timings"), dict) else {}
+        assert isinstance(timings, dict)
+        reason = event.get("reason")
+        labels = self.timing_labels
+        labels["ended"].setText(messages.ended_reason(reason if isinstance(reason, str)
+                                                      else None))
+        for key in ("audio_silent_ms", "stream_stopped_ms", "total_ms"):
+            labels[key].setText(messages.milliseconds(timings.get(key)))
+        exited = messages.milliseconds(timings.get("agent_exited_ms"))
+        if timings.get("agent_killed"):
+            labels["agent_exited_ms"].setText(f"{exited} (killed)")
+            labels["agent_exited_ms"].setStyleSheet(f"color: {COLORS['busy']}")
+        else:
+            labels["agent_exited_ms"].setText(exited)
+            labels["agent_exited_ms"].setStyleSheet("")
+        recording = event.get("recording")
+        if isinstance(recording, str) and recording:
+            self._recording = Path(recording)
+            self.recording_label.setText(self._recording.name)
+            self.recording_label.setToolTip(recording)
+            self.open_folder_button.setEnabled(True)
+            self.open_folder_button.setToolTip(f"Open {self._recording.parent}")
+        else:
+            self._recording = None
+            self.recording_label.setText("none")
+            self.recording_label.setToolTip("")
+            self.open_folder_button.setEnabled(False)
+        if announce and isinstance(reason, str) and reason not in messages.ENDED_NORMALLY:
+            text = messages.clean_reason(reason)
+            errors = [messages.clean_reason(str(e)) for e in event.get("errors") or []
+                      if messages.clean_reason(str(e)) != text]
+            self._show_banner("The call ended", "\n".join([text, *errors]),
+                              messages.hint(" ".join([text, *errors])))
+
+    def _on_postcall(self, event: dict[str, Any]) -> None:
+        """``postcall``: the call folder being filled, and the voice clone, after each call."""
+        call_id = str(event.get("call_id") or "")
+        if self._postcall_call and call_id != self._postcall_call:
+            newer = self.last_ended is not None and self.last_ended.get("call_id") == call_id
+            if not newer:
+                return  # a previous call's late news
+        self._postcall_call = call_id
+        stage = str(event.get("stage") or "")
+        progress = _num(event.get("progress"))
+        message = str(event.get("message") or stage or "working")
+        clone = self._clone_names.get(call_id)
+        final = stage in FINAL_POSTCALL_STAGES
+        if final and stage == "done" and event.get("voice_id"):
+            text = f"Voice “{clone or 'clone'}” is ready (voice id {event['voice_id']})."
+        elif final and stage == "cancelled":
+            text = f"Voice clone cancelled. {message}"
+        elif final and stage == "failed":
+            text = f"Failed: {message}"
+        elif stage == "cloning" and clone:
+            text = f"Cloning “{clone}”: {message}"
+        else:
+            text = message[:1].upper() + message[1:]
+        self.postcall_label.setText(text)
+        self.postcall_label.setStyleSheet(f"color: {COLORS['bad']}" if stage == "failed" else "")
+        if final:
+            self.postcall_progress.setValue(1000 if stage == "done" else
+                                            self.postcall_progress.value())
+        elif progress is not None:
+            self.postcall_progress.setValue(round(max(0.0, min(1.0, progress)) * 1000))
+        cancellable = not final and (stage == "cloning" or clone is not None)
+        self.clone_cancel.setVisible(cancellable)
+        self.clone_cancel.setEnabled(cancellable)
+        if self.postcall_box.isHidden():
+            self.postcall_box.show()
+
+    # -- drawing ---------------------------------------------------------------------
+
+    def _freeze_timer(self) -> None:
+        if self._in_call_since is not None and self._frozen_duration is None:
+            self._frozen_duration = time.monotonic() - self._in_call_since
+        self._tick.stop()
+        self._update_timer()
+
+    def _update_timer(self) -> None:
+        if self._frozen_duration is not None:
+            seconds = self._frozen_duration
+        elif self._in_call_since is not None:
+            seconds = time.monotonic() - self._in_call_since
+        else:
+            seconds = 0.0
+        self.timer_label.setText(messages.clock(seconds))
+
+    def _stop_meters(self) -> None:
+        self.mic_meter.reset()
+        self.speaker_meter.reset()
+        self.mic_level.setText(messages.dbfs(None))
+        self.speaker_level.setText(messages.dbfs(None))
+
+    def state_text(self) -> str:
+        return self.state_label.text()
+
+    def _headline(self) -> tuple[str, str, str]:
+        """(state line, detail line, colour key) for what is going on now."""
+        phase, state = self._phase, self._call_state
+        if phase == "starting":
+            return "Starting…", self._phase_message or "Starting the audio engine…", "busy"
+        if phase == "connecting":
+            return "Connecting…", self._phase_message, "busy"
+        if phase == "down":
+            return "Not running", "The audio engine is not running — see below", "bad"
+        if phase == "unresponsive":
+            return "Not responding", "The controller does not answer; still trying", "bad"
+        where = self._where()
+        if self._hangup_requested or state == "ending":
+            return "Stopping…", "Hanging up — the speaker is already silent", "busy"
+        if self._call_requested or state == "starting":
+            return "Calling…", f"Connecting to {where}", "busy"
+        if state == "in_call":
+            return "In call", where, "live"
+        if state == "failed":
+            return "Call failed", "You can call again", "bad"
+        return "Ready", f"{where} — press Call", "idle"
+
+    def _where(self) -> str:
+        agent = self.agent()
+        who = "the local agent" if agent == LOCAL_AGENT else f"agent {agent}"
+        device = self.mic_combo.currentText()
+        if self.session.config is not None and self.session.config.device == "virtual":
+            device = "the virtual device"
+        return f"{who} · {device}" if device else who
+
+    def _render(self) -> None:
+        title, detail, color = self._headline()
+        self.state_label.setText(title)
+        self.detail_label.setText(detail)
+        _restyle(self.dot, f"color: {COLORS[color]}")
+        _restyle(self.state_label, f"color: {COLORS[color]}" if color != "idle" else "")
+        self.call_button.setEnabled(self.can_call)
+        self.hangup_button.setEnabled(self.can_hang_up)
+        idle = self._call_state in IDLE_STATES and not self._call_requested
+        can_pick = (self.session.owns_controller and idle
+                    and self._phase in ("ready", "down"))
+        self.mic_combo.setEnabled(can_pick)
+        self.speaker_combo.setEnabled(can_pick)
+        if not self.session.owns_controller:
+            tip = "Attached to a running controller: its devices were chosen where it started"
+        else:
+            tip = "Changing it restarts the audio engine (between calls only)"
+        if self.mic_combo.toolTip() != tip:
+            self.mic_combo.setToolTip(tip)
+            self.speaker_combo.setToolTip(tip)
+        self.agent_combo.setEnabled(idle)
+        self.clone_check.setEnabled(idle)
+        self.clone_name.setEnabled(idle and self.clone_check.isChecked())
+        live = self._call_state == "in_call"
+        _restyle(self.timer_label, "" if live else "color: palette(placeholder-text)")
+        self.mic_meter.setEnabled(live)
+        self.speaker_meter.setEnabled(live)
+        self.restart_button.setVisible(self.session.owns_controller
+                                       and self._phase in ("down", "unresponsive"))
+
+    def _show_banner(self, title: str, text: str, hint: str = "", restart: bool = False) -> None:
+        self.banner_title.setText(title)
+        self.banner_text.setText(text)
+        self.banner_text.setVisible(bool(text))
+        self.banner_hint.setText(hint)
+        self.banner_hint.setVisible(bool(hint))
+        self.banner.show()
+        self._render()
+
+    def _hide_banner(self) -> None:
+        self.banner.hide()
+
+    def banner_message(self) -> str:
+        """Everything the banner says now ("" when hidden)."""
+        if self.banner.isHidden():
+            return ""
+        return "\n".join(x.text() for x in (self.banner_title, self.banner_text,
+                                            self.banner_hint) if x.text())
+
+    def sizeHint(self) -> QSize:
+        em = self.fontMetrics().height()
+        return QSize(max(900, em * 52), max(720, em * 42))
+
+    # -- closing -------------------------------------------------------------------
+
+    def closeEvent(self, event: QCloseEvent | None) -> None:
+        """Remember the agent; ask a spawned controller to end (it ends any call first)."""
+        agent = self.agent()
+        if agent != self.settings.agent:
+            self.settings.agent = agent
+        if self.clone_name.text().strip():
+            self.settings.clone_name = self.clone_name.text().strip()
+        save_settings(self.settings, self.settings_file)
+        self._tick.stop()
+        self.session.close()
+        super().closeEvent(event)
+
+
+def _restyle(widget: QWidget, sheet: str) -> None:
+    """``setStyleSheet`` only on a change: each call re-polishes the widget (milliseconds)."""
+    if widget.styleSheet() != sheet:
+        widget.setStyleSheet(sheet)
+
+
+def _native(key: str) -> str:
+    return QKeySequence(key).toString(QKeySequence.SequenceFormat.NativeText)
+
+
+def _num(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
