@@ -75,9 +75,10 @@ def markdown(summary: dict[str, Any], plot_names: list[str]) -> str:
         ("Call start → first agent audio (standby / cold)", _fmt(s["start"]),
          f"{_fmt(c['start'])} / {_fmt(c['cold_start'])}", ""),
     ]
-    if summary.get("gui_stall_ms") is not None:
-        rows.append(("GUI: longest event-loop stall during a hangup", "—",
-                     f"{summary['gui_stall_ms']:.1f} ms", ""))
+    gui = summary.get("gui_stall_ms")
+    if gui:
+        rows.append(("GUI: longest event-loop stall during a hangup (own / wall)", "—",
+                     f"{gui['hangup_max_own_ms']:.1f} / {gui['hangup_max_gap_ms']:.1f} ms", ""))
     long = summary["long_call"]
     lines = [
         "# callctl vs the elevenlabs SDK's DefaultAudioInterface",
@@ -140,6 +141,11 @@ def markdown(summary: dict[str, Any], plot_names: list[str]) -> str:
         "`--fault stall` (it stops reading and writing, close handshake included).",
         "* **Call start**: request (callctl: `call`; the SDK: `start_session()`) → first "
         "sample of the greeting heard by the observer.",
+        "* **GUI stall**: the real window offscreen (`bench/gui_stall.py`), its own "
+        "controller on the virtual device; a 1 ms Qt timer; the longest gap between ticks "
+        "from the Hang up press until the window shows Ready. *Own* leaves out the time the "
+        "kernel kept the GUI thread waiting for a CPU (`/proc/self/task/TID/schedstat`), "
+        "*wall* is the raw gap.",
         "* **Long call**: one call with one busy-looping process per core; xruns are the "
         "audio process's counters (`device`: periods with PortAudio status flags; "
         "`playback_underruns`: reads that ran out part-way through a period); CPU from "

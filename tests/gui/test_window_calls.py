@@ -14,8 +14,8 @@ from typing import Any
 from PyQt6.QtCore import Qt
 
 from engine.audio_client import ControlClient
+from gui.loopwatch import LoopWatch
 from tests.gui.conftest import READY_TIMEOUT_MS
-from tests.gui.loopwatch import LoopWatch
 
 STALL_BOUND_MS = 16.0
 """No gap of the event loop's own making may reach one 60 Hz frame."""

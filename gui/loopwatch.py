@@ -75,8 +75,12 @@ class LoopWatch:
             os.close(self._fd)
             self._fd = None
 
+    def elapsed(self) -> float:
+        """Seconds since ``start`` (the clock of ``Gap.at`` and the marks)."""
+        return time.perf_counter() - self._start
+
     def mark(self, what: str) -> None:
-        self.marks.append((time.perf_counter() - self._start, what))
+        self.marks.append((self.elapsed(), what))
 
     def _tick(self) -> None:
         now = time.perf_counter()
