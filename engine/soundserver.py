@@ -29,6 +29,11 @@ be measured by an audio client outside the engine (see DESIGN.md,
     its configuration, i.e. before the first ``pyaudio.PyAudio()`` in that
     process: start a subprocess with ``env={**os.environ, **server.env}``
     rather than patching ``os.environ`` of a process that already used ALSA.
+    The variables: ``PULSE_SERVER`` (``unix:<tmp>/native``),
+    ``PULSE_RUNTIME_PATH``, ``PULSE_STATE_PATH``, ``PULSE_CLIENTCONFIG``
+    (autospawn off), ``PULSE_COOKIE`` (else libpulse creates
+    ``~/.config/pulse/cookie``), ``PULSE_SINK`` / ``PULSE_SOURCE`` (the
+    speaker and the microphone monitor) and ``JACK_NO_START_SERVER=1``.
 
 ``PlaybackObserver``
     Records a sink's monitor with ``parec`` (raw s16le, mono, 16 kHz, 5 ms
@@ -233,18 +238,25 @@ class PulseServer:
 
         pulseaudio --daemonize=no --system=false -n --file=<tmp>/server.pa
             --exit-idle-time=-1 --use-pid-file=no --disable-shm=yes
-            --high-priority=no --realtime=no --log-target=stderr
+            --high-priority=yes --realtime=yes --log-target=stderr
 
-    with ``HOME``, ``XDG_CONFIG_HOME``, ``PULSE_RUNTIME_PATH`` and
-    ``PULSE_STATE_PATH`` pointing into the temporary directory (nothing is
-    read from or written to the real home), and ``server.pa`` loading
+    As root the null sinks' threads get ``SCHED_RR`` (priority 5) and the
+    main thread nice -11, so the virtual devices keep time under CPU load
+    as a sound card's clock would (without it, a loaded 2-core machine
+    delayed their wake-ups by 4 ms every other block); elsewhere PulseAudio
+    just runs without. The daemon runs with ``HOME``, ``XDG_CONFIG_HOME``,
+    ``PULSE_RUNTIME_PATH`` and ``PULSE_STATE_PATH`` pointing into the
+    temporary directory (nothing is read from or written to the real home),
+    and ``server.pa`` loading
     ``module-native-protocol-unix`` on ``<tmp>/native`` (anonymous auth), the
     two null sinks (``rate=16000 channels=1 format=s16le channel_map=mono
-    norewinds=1``) and setting the defaults. The daemon keeps running when a
-    line of that script fails (``.fail`` and ``--fail`` notwithstanding), so
-    ``start()`` checks the defaults and fails fast with the log. ``-n`` skips ``default.pa``, so
-    no hardware, D-Bus, X11 or suspend-on-idle module is loaded. Client
-    autospawn is off (``PULSE_CLIENTCONFIG``), so a dead server stays dead.
+    norewinds=1``) and setting the defaults. ``-n`` skips ``default.pa``,
+    so no hardware, D-Bus, X11 or suspend-on-idle module is loaded (the
+    daemon still logs that it cannot reach D-Bus; harmless). The daemon keeps
+    running when a line of that script fails (``.fail`` and ``--fail``
+    notwithstanding), so ``start()`` checks the defaults and fails fast with
+    the log. Client autospawn is off (``PULSE_CLIENTCONFIG``), so a dead
+    server stays dead. A server is single use: ``start()`` once, ``stop()``.
 
     Attributes:
         name: unique name of this server (also the temp directory's prefix).
@@ -437,7 +449,8 @@ class PulseServer:
             wait: wait until pacat has drained and exited.
             timeout: bound on that wait in seconds; default duration + 5 s.
 
-        Returns the ``pacat`` process (already finished when ``wait``).
+        Returns the ``pacat`` process (already finished when ``wait``). Its
+        temporary PCM file is removed after the wait, or by ``stop()``.
         """
         if self.tmpdir is None or not self.alive:
             raise PulseServerError("server not running")
@@ -484,7 +497,7 @@ class PulseServer:
     def feed_mic(
         self, samples: npt.ArrayLike, *, wait: bool = False, timeout: float | None = None
     ) -> subprocess.Popen[bytes]:
-        """Play ``samples`` (16 kHz unless ``rate`` differs) into the microphone sink.
+        """Play ``samples`` (at the server's rate) into the microphone sink.
 
         Whatever records the default source (``callctl_mic.monitor``) hears
         it: this simulates the caller speaking. Non-blocking by default; the
@@ -532,6 +545,9 @@ class PulseServer:
             "PULSE_COOKIE": str(tmp / "cookie"),
             "PULSE_SINK": self.sink,
             "PULSE_SOURCE": self.source,
+            # PortAudio's JACK host API probes for a JACK server at init; never
+            # let libjack autostart one as a side effect.
+            "JACK_NO_START_SERVER": "1",
         }
 
     def _spawn_daemon(self, pulseaudio: str) -> subprocess.Popen[bytes]:
@@ -555,8 +571,8 @@ class PulseServer:
             "--exit-idle-time=-1",
             "--use-pid-file=no",
             "--disable-shm=yes",
-            "--high-priority=no",
-            "--realtime=no",
+            "--high-priority=yes",
+            "--realtime=yes",
             "--log-target=stderr",
         ]
         self._log_file = open(self.log_path, "wb")  # closed in stop()
@@ -663,21 +679,35 @@ class PulseServer:
 class _Timeline:
     """Per-chunk and per-batch arrays behind ``PlaybackObserver``'s time estimates."""
 
-    __slots__ = ("n_chunks", "arrivals", "starts", "batch_of", "offsets", "half", "anchors")
+    __slots__ = (
+        "n_chunks",
+        "arrivals",
+        "starts",
+        "ends",
+        "batch_of",
+        "batch_starts",
+        "offsets",
+        "half",
+        "anchors",
+    )
 
     def __init__(
         self,
         n_chunks: int,
         arrivals: npt.NDArray[np.float64],
         starts: npt.NDArray[np.int64],
+        ends: npt.NDArray[np.int64],
         batch_of: npt.NDArray[np.int64],
+        batch_starts: npt.NDArray[np.int64],
         offsets: npt.NDArray[np.float64],
         half: int,
     ) -> None:
         self.n_chunks = n_chunks  # chunks received
         self.arrivals = arrivals  # per chunk: time.monotonic() at its read, s
         self.starts = starts  # per chunk: index of its first sample
+        self.ends = ends  # per chunk: index after its last sample
         self.batch_of = batch_of  # per chunk: index of its render batch
+        self.batch_starts = batch_starts  # per batch: index of its first sample
         self.offsets = offsets  # per batch: arrival minus first-sample index / rate, s
         self.half = half  # window half-width in batches
         self.anchors = np.full(offsets.size, np.nan)  # per batch, filled lazily, s
@@ -695,64 +725,66 @@ class PlaybackObserver:
     How times are estimated
     -----------------------
     A ``PulseServer`` null sink is clocked by ``CLOCK_MONOTONIC`` (the clock
-    of ``time.monotonic()``), renders exactly ``rate`` samples per second in
-    blocks of at most ``block_ms`` *ahead* of its clock, and posts each block
-    to its monitor as soon as it is rendered. So a chunk arrives, at the
-    earliest, at about the sink-clock time of its *first* sample (a block is
-    rendered when the clock reaches its start). For chunk *k* with arrival
-    time ``a_k`` (s) whose first sample has index ``s_k``, the naive estimate
-    puts sample 0 at ``o_k = a_k - s_k / rate``. Every delivery delay
-    (socket, parec, pipe, the GIL) only makes ``o_k`` later, so the observer
-    takes the *minimum* ``o_k`` over the chunks within ``window_s`` (0.5 s)
-    of chunk *k* -- robust against late chunks and, being local, against a
+    of ``time.monotonic()``) and renders exactly ``rate`` samples per second.
+    It sleeps until its clock reaches the first sample it has not rendered,
+    then renders a batch of up to ``block_ms`` *ahead* and posts it to its
+    monitor at once -- as one piece, or as several pieces when the playing
+    client's memory blocks split it. So a batch arrives, at the earliest, at
+    the sink-clock time of its *first* sample. Chunks read less than
+    ``MERGE_GAP_S`` (0.3 ms) after the previous one are taken as pieces of
+    the same batch. For batch *b* with arrival time ``a_b`` (s, of its first
+    piece) whose first sample has index ``s_b``, sample 0 would have played
+    at ``o_b = a_b - s_b / rate``, were the delivery instantaneous. Every
+    delivery delay (socket, parec, pipe, the GIL) only makes ``o_b`` later,
+    so the observer takes a low quantile (``ANCHOR_QUANTILE``, 10 %) of the
+    ``o_b`` of the batches within ``window_s`` (0.5 s) of the sample's batch:
+    nearly the minimum, but not fooled by a rare batch whose pieces were
+    read apart and so look early. Being local, the estimate also follows a
     jump in the sink's timeline (suspend, restart)::
 
-        t(n) = min_{j near k} (a_j - s_j / rate) + n / rate      (seconds)
+        t(n) = q10{ a_b - s_b / rate : b near n } + n / rate      (seconds)
 
     is the moment the null sink's clock says sample *n* was played -- the
     analogue of a DAC time. The sinks are loaded with ``norewinds=1``: with
     rewinds, a stream that starts or flushes makes the sink re-render what
     its monitor already delivered, and the monitor then silently loses or
-    repeats up to a block of samples, which shifts every later time. Without
-    rewinds what was rendered is what played, sample for sample (a 300 ms
-    tone spans exactly 4799 samples on the monitor), and a stream's new data
-    starts at the next block boundary (<= 5 ms).
+    repeats up to a block of samples, which shifts every later time (a
+    300 ms tone came out up to 47 samples short). Without rewinds what was
+    rendered is what played, sample for sample, and a stream's new data
+    starts at the next block boundary (<= 5 ms). A playback underrun shows
+    up as inserted silence, not as lost samples.
 
     What the observer adds (measured on this project's 2-core machine,
     PulseAudio 16.1, PortAudio 19.6 ALSA ``pulse`` device, 16 kHz mono,
-    5 ms blocks)
-    -------------------------------------------------------------------
-    A PyAudio full-duplex callback stream (separate process) writes a 1 ms
-    click in the middle of a period every 200 ms, 30 clicks per run, and
-    reports ``time.monotonic()`` at the callback and its own DAC estimate
-    (callback time + ``output_buffer_dac_time - current_time`` + offset /
-    rate). ``first_sound_after`` minus the *callback time* is the whole
-    output path; its spread within a run is the observer's jitter (plus the
-    stream's), since that path is fixed while the stream runs:
-
-    ============================  ====  ===========  ==================
-    period (frames at 16 kHz)     runs  std in run   median per run
-    ============================  ====  ===========  ==================
-    160 (10 ms), idle             5     0.05-0.08    29.9 ms (all runs)
-    80 (5 ms), idle               5     0.04-0.06    16.1-17.5 ms
-    320 (20 ms), idle             3     0.05-0.08    51.6-54.9 ms
-    160, two CPU hogs on 2 cores  3     0.02-0.37    27.6-30.0 ms
-    ============================  ====  ===========  ==================
-
-    (The medians are the engine-side latency, callback to played, not the
-    observer's: PortAudio reports 30 ms output latency at 160 frames.)
-    Against PortAudio's own DAC estimate the observer agrees to -0.05 ..
-    +0.35 ms (p0..p100) at 160 and 320 frames, idle or loaded; at 80 frames
-    PortAudio's estimate drifted by up to 14 ms within some runs while
-    callback-to-observed stayed constant to 0.1 ms -- the DAC estimate is the
-    less reliable clock. Deliveries: chunks (one 80-sample block each) reach
-    the reader p50 0.09 ms, p99 0.3-1.8 ms, max 5-13 ms after the estimated
-    time of their first sample; that lateness is what a naive per-chunk
-    estimate would add, and the minimum filter removes it. So: the time base
-    is good to about ±0.5 ms; an event's time is resolved to one sample
-    (62.5 µs); and a played sample becomes visible to ``samples()`` about
-    one block (<= 5 ms) plus the delivery delay after its time, which is why
-    ``wait_until()`` exists.
+    5 ms blocks; "loaded" = load average 3-4 from other test suites and two
+    CPU-bound processes)
+    --------------------------------------------------------------------
+    * Time base: ``pacat`` plays clicks every 100 ms for 3 s, their sample
+      positions known exactly. The estimated click times differ from the
+      sample clock by at most 0.05 ms idle and 0.06 ms loaded (p0..p100 of
+      400 intervals): the observer adds no jitter worth the name.
+    * Absolute offset: the anchor sits on the fastest tenth of the batch
+      deliveries, which reach the reader 0.02-0.1 ms after the sink renders
+      (the sink threads run SCHED_RR, see ``PulseServer``), so times are
+      late by about 0.1 ms. Deliveries overall: median 0.05 ms, p95 0.2 ms
+      idle and 3.5 ms loaded, p99 2-14 ms, max 135 ms loaded -- the error a
+      naive "arrival minus samples after it" estimate would make.
+    * Against PortAudio's own estimate (a PyAudio full-duplex callback
+      stream writes a 1 ms click every 200 ms; callback ``time.monotonic()``
+      + ``output_buffer_dac_time - current_time`` + offset / rate), over
+      3-5 runs of 30 clicks: idle, -0.3 .. +0.5 ms at 160 and 320 frames
+      per period. At 80 frames, or loaded, PortAudio's estimate drifts by
+      up to 14-23 ms within a run while the clicks' spacing on the monitor
+      stays sample-exact, so the DAC estimate is the less reliable clock.
+    * For reference, the engine-side path, callback to played, idle:
+      28-30 ms at 160 frames (PortAudio reports 30 ms), 16-17.5 ms at 80,
+      51-55 ms at 320; within a run its spread is 0.02-0.1 ms idle and up
+      to 6 ms loaded (late callbacks change the stream's buffer fill).
+    * Visibility: a played sample reaches ``samples()`` about one block
+      (<= 5 ms) plus the delivery delay after its time, which is why
+      ``wait_until()`` exists. While recording goes on, the estimates for
+      the last ``window_s`` are refined as the window fills (by
+      microseconds typically): analyse after ``wait_until()`` or ``stop()``.
     """
 
     #: Seconds: chunks read closer together than this belong to one render batch.
@@ -781,13 +813,16 @@ class PlaybackObserver:
             env: extra environment for ``parec`` (e.g. another server's ``env``).
             rate: recording rate in Hz; should equal the sink's rate.
             latency_ms: parec fragment size in ms (``--latency-msec``).
-            window_s: half-width in seconds of the minimum filter on arrivals.
+            window_s: half-width in seconds of the window of render batches
+                whose arrivals set a sample's time (see "How times are estimated").
             start_timeout: bound in seconds on waiting for the first chunk.
             die_with_parent: SIGKILL parec when the spawning thread dies.
         """
-        if server is None and source is None:
-            raise ValueError("give a server or a source")
-        self.source: str = source if source is not None else server.monitor  # type: ignore[union-attr]
+        if source is None:
+            if server is None:
+                raise ValueError("give a server or a source")
+            source = server.monitor
+        self.source = source
         self.rate = int(rate)
         self.latency_ms = float(latency_ms)
         self.window_s = float(window_s)
@@ -870,11 +905,11 @@ class PlaybackObserver:
         """Stop parec and the reader thread (bounded waits); keep the recording."""
         if self._proc is not None:
             _reap(self._proc, term_timeout=2.0, kill_timeout=2.0)
-            if self._proc.stdout is not None:
-                with contextlib.suppress(OSError):
-                    self._proc.stdout.close()
         if self._thread is not None:
-            self._thread.join(timeout=2.0)
+            self._thread.join(timeout=2.0)  # parec gone: the reader sees EOF
+        if self._proc is not None and self._proc.stdout is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdout.close()
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
@@ -951,7 +986,7 @@ class PlaybackObserver:
         if period <= 0:
             period = self.latency_ms / 1000.0
         half = max(1, round(self.window_s / period))
-        timeline = _Timeline(n, arrivals, starts, batch_of, offsets, half)
+        timeline = _Timeline(n, arrivals, starts, ends, batch_of, starts[first], offsets, half)
         self._timeline_cache = timeline
         return timeline
 
@@ -1010,19 +1045,46 @@ class PlaybackObserver:
                 return False
             time.sleep(0.005)
 
+    def _span(self, t_start: float, t_end: float | None) -> tuple[int, npt.NDArray[np.int16]]:
+        """(index of the first sample, samples) of a superset of the chunks that can
+        hold samples timed in ``[t_start, t_end)``.
+
+        Only a neighbourhood is concatenated and timed, so queries on long
+        recordings stay cheap. The margins assume render blocks under 50 ms and
+        reader stalls under a second.
+        """
+        tl = self._timeline()
+        if tl.n_chunks == 0:
+            return 0, np.zeros(0, np.int16)
+        # A chunk's raw time (from its own batch's arrival) is late by the delivery
+        # delay and early by at most a render block (a batch read in pieces).
+        raw_start = tl.offsets[tl.batch_of] + tl.starts / self.rate
+        raw_end = raw_start + (tl.ends - tl.starts) / self.rate
+        keep = raw_end >= t_start - 0.05
+        if t_end is not None:
+            keep &= raw_start <= t_end + 1.0 + self.window_s
+        chunks = np.flatnonzero(keep)
+        if chunks.size == 0:
+            return 0, np.zeros(0, np.int16)
+        lo, hi = int(chunks[0]), int(chunks[-1]) + 1
+        with self._lock:
+            pieces = self._chunks[lo:hi]  # chunks only ever get appended
+        data = np.concatenate(pieces)
+        return int(tl.starts[lo]), data
+
     def segment(self, t_start: float, t_end: float) -> npt.NDArray[np.int16]:
         """The samples whose estimated times lie in ``[t_start, t_end)`` (s)."""
-        data = self.samples()
-        times = self.times_of(np.arange(data.size))
+        base, data = self._span(t_start, t_end)
+        times = self.times_of(np.arange(base, base + data.size))
         return data[(times >= t_start) & (times < t_end)]
 
     def _loud_times(
         self, t0: float, threshold_dbfs: float, until: float | None
     ) -> npt.NDArray[np.float64]:
-        data = self.samples()
+        base, data = self._span(t0, until)
         amplitude = dbfs_to_amplitude(threshold_dbfs)
         loud = np.flatnonzero(np.abs(data.astype(np.int32)) > amplitude)
-        times = self.times_of(loud)
+        times = self.times_of(loud + base)
         keep = times >= t0
         if until is not None:
             keep &= times < until
@@ -1052,13 +1114,14 @@ class PlaybackObserver:
         return float(times[-1]) if times.size else None
 
     def delivery_delays(self) -> npt.NDArray[np.float64]:
-        """Per chunk, its arrival minus the estimated time of its first sample (s).
+        """Per chunk, its arrival minus the estimated time of its render batch's first sample (s).
 
         This is the lateness a naive per-chunk estimate would add (>= 0 but
-        for the few chunks below the anchor quantile); its spread shows how
-        busy the observing process and the server are.
+        for the few batches below the anchor quantile, by microseconds); its
+        spread shows how busy the observing process and the server are.
         """
         tl = self._timeline()
         if tl.n_chunks == 0:
             return np.zeros(0, np.float64)
-        return tl.arrivals - self.times_of(tl.starts)
+        firsts = tl.batch_starts[tl.batch_of]
+        return tl.arrivals - self.times_of(firsts)
