@@ -100,11 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _echo(quick: bool) -> dict[str, Any] | None:
-    try:
-        from bench import echo  # type: ignore[attr-defined]
-    except ImportError:
-        return None
+def _echo(quick: bool) -> dict[str, Any]:
+    from bench import echo
+
     result: dict[str, Any] = echo.main(quick=quick)
     return result
 

@@ -64,8 +64,9 @@ def add_controller_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mic", metavar="WAV", help="virtual device: the caller's microphone")
     parser.add_argument("--speaker", metavar="WAV",
                         help="virtual device: write what the speaker plays here")
-    parser.add_argument("--echo", type=_echo, metavar="DELAY_MS:GAIN_DB",
-                        help="virtual device: feed the speaker back into the mic, e.g. 60:-12")
+    parser.add_argument("--echo", type=_echo, metavar="DELAY_MS:GAIN_DB[:LOWPASS_HZ]",
+                        help="virtual device: feed the speaker back into the mic, e.g. 60:-12 "
+                        "or 60:-6:3400 (filtered)")
     parser.add_argument("--record-dir", type=Path, metavar="DIR", default=None,
                         help=f"where call folders go (default {default_record_dir()})")
     parser.add_argument("--kill-after", type=_seconds, default=2.0, metavar="SECONDS",

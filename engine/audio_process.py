@@ -12,7 +12,10 @@ errors and on SIGTERM too. Its parent may also unlink them by name after a
 SIGKILL. It dies with its parent (``engine.lifeline``).
 
 Threads: the control thread (main) owns the device, the rings' lifecycles and
-the recorder; the device's audio thread runs ``DuplexCallback.process``.
+the recorder; the device's audio thread runs ``DuplexCallback.process``; with
+echo cancellation (the default; ``--no-aec`` turns it off) the
+``echo-canceller`` thread (``engine.echo.EchoThread``) cancels the agent's
+voice out of the microphone and is the capture ring's producer.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from engine import lifeline, protocol
 from engine.bridge import RateBridge
 from engine.callback import DEFAULT_FADE_SECONDS, DuplexCallback, dbfs
 from engine.devices import AudioDevice, DeviceError
+from engine.echo import EchoCanceller, EchoThread, EchoUnavailable
 from engine.recorder import CallRecorder
 from engine.ring import SAMPLE_RATE, AudioRing
 
@@ -45,10 +49,22 @@ def ring_names(prefix: str) -> tuple[str, str]:
     return f"{prefix}-play", f"{prefix}-cap"
 
 
+def stream_delay_ms(device: AudioDevice, bridge: RateBridge) -> int:
+    """The APM's stream delay for ``device``, in ms: output plus input latency as the
+    device reports them, plus the period the rate bridge's FIFO adds when it resamples."""
+    seconds = device.output_latency + float(getattr(device, "input_latency", 0.0) or 0.0)
+    if not bridge.passthrough:
+        seconds += device.period_frames / device.rate
+    return max(0, round(seconds * 1000))
+
+
 class AudioEngine:
     """The audio process's state and commands. Control thread only.
 
-    Owns nothing it is given: the caller closes the device and the rings.
+    Owns nothing it is given: the caller closes the device and the rings. With
+    ``aec`` it starts the echo canceller thread (closed by ``close``); when
+    the canceller cannot load, the engine runs without it and says so in
+    ``status`` (``aec.error``).
     """
 
     def __init__(
@@ -57,6 +73,8 @@ class AudioEngine:
         playback: AudioRing,
         capture: AudioRing,
         fade_seconds: float = DEFAULT_FADE_SECONDS,
+        aec: bool = True,
+        noise_suppression: bool = True,
     ) -> None:
         self.device = device
         self.playback = playback
@@ -65,7 +83,19 @@ class AudioEngine:
         fade = min(round(fade_seconds * SAMPLE_RATE), core_period)
         max_core = core_period + 64
         self.callback = DuplexCallback(playback, capture, max_core, fade_frames=fade)
-        device.set_handler(RateBridge(self.callback.process, device.rate, device.period_frames))
+        bridge = RateBridge(self.callback.process, device.rate, device.period_frames)
+        self.echo: EchoThread | None = None
+        self.aec_error: str | None = None
+        if aec:
+            try:
+                canceller = EchoCanceller(stream_delay_ms(device, bridge),
+                                          noise_suppression=noise_suppression)
+                self.echo = EchoThread(capture, canceller, max_core)
+            except (EchoUnavailable, RuntimeError, OSError) as exc:
+                self.aec_error = str(exc)
+                print(f"audio process: no echo cancellation: {exc}", file=sys.stderr)
+        self.callback.echo = self.echo
+        device.set_handler(bridge)
         self.recording: Path | None = None
         self._recorder: CallRecorder | None = None
         self._finalising: list[threading.Thread] = []
@@ -110,6 +140,7 @@ class AudioEngine:
             recording=str(self.recording) if self.recording else None,
             recording_error=self._recorder.error if self._recorder else None,
             last_hangup=self.last_hangup,
+            aec=self.echo.stats() if self.echo else {"enabled": False, "error": self.aec_error},
         )
 
     def start(self, record: str | None) -> dict[str, Any]:
@@ -118,6 +149,8 @@ class AudioEngine:
             return protocol.error("start: the stream is already running")
         self.callback.rearm()
         self.playback.flush()  # stream stopped: the control thread is the ring's reader
+        if self.echo is not None:
+            self.echo.reset()  # the last call's frames never reach this call's capture
         self.capture.flush()
         if record:
             self._recorder = CallRecorder(record, self.callback.max_period_frames)
@@ -182,6 +215,10 @@ class AudioEngine:
         try:
             self.device.stop()
         finally:
+            if self.echo is not None:
+                self.callback.echo = None
+                self.echo.close()
+                self.echo = None
             self.callback.recorder = None
             if self._recorder is not None:
                 self._recorder.close()
@@ -228,14 +265,28 @@ def open_device(args: argparse.Namespace) -> AudioDevice:
                            input_device=args.input_device, output_device=args.output_device)
 
 
-def parse_echo(text: str) -> tuple[float, float]:
-    """``DELAY_MS:GAIN_DB`` → (seconds, dB), e.g. ``60:-12``."""
+def parse_echo(text: str) -> tuple[float, float, float | None]:
+    """``DELAY_MS:GAIN_DB[:LOWPASS_HZ]`` → (seconds, dB, Hz or None), e.g. ``60:-12:3400``.
+
+    The virtual device's echo path: what it plays comes back into its
+    microphone ``DELAY_MS`` later, ``GAIN_DB`` louder (negative: quieter) and,
+    with ``LOWPASS_HZ``, low-pass filtered like a small loudspeaker.
+    """
     try:
-        delay, gain = text.split(":")
-        return float(delay) / 1000, float(gain)
+        parts = text.split(":")
+        if len(parts) not in (2, 3):
+            raise ValueError
+        delay, gain = float(parts[0]) / 1000, float(parts[1])
+        lowpass = float(parts[2]) if len(parts) == 3 else None
+        if not (0 <= delay <= 2 and -120 <= gain <= 20):
+            raise ValueError
+        if lowpass is not None and not 0 < lowpass < SAMPLE_RATE / 2:
+            raise ValueError
+        return delay, gain, lowpass
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--echo wants DELAY_MS:GAIN_DB such as 60:-12, got {text!r}"
+            "--echo wants DELAY_MS:GAIN_DB[:LOWPASS_HZ] such as 60:-12 or 60:-6:3400 "
+            f"(delay 0-2000 ms, gain -120..20 dB, low-pass below 8000 Hz), got {text!r}"
         ) from None
 
 
@@ -253,12 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-device", default=None, help="PortAudio speaker (index or name)")
     p.add_argument("--no-aec", action="store_true",
                    help="no echo cancellation on the microphone (it is on by default)")
+    p.add_argument("--no-noise-suppression", action="store_true",
+                   help="echo cancellation without WebRTC's noise suppression (a steady tone "
+                   "counts as noise for it)")
     p.add_argument("--mic", type=Path, help="virtual device: microphone WAV")
     p.add_argument("--speaker", type=Path, help="virtual device: speaker WAV to write")
     p.add_argument("--virtual-rate", type=int, default=SAMPLE_RATE,
                    help="virtual device: its rate in Hz (default 16000)")
     p.add_argument("--echo", type=parse_echo, default=None,
-                   help="virtual device: echo path DELAY_MS:GAIN_DB (speaker back into mic)")
+                   help="virtual device: echo path DELAY_MS:GAIN_DB[:LOWPASS_HZ] (the speaker "
+                   "back into the mic, delayed at least one period, attenuated, low-passed)")
     p.add_argument("--period-ms", type=float, default=10.0, help="device period (default 10)")
     p.add_argument("--fade-ms", type=float, default=5.0,
                    help="hangup fade, at most 5 ms (default 5)")
@@ -286,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
             except (DeviceError, ValueError) as exc:
                 print(f"audio process: {exc}", file=sys.stderr)
                 return 1
-            engine = AudioEngine(device, playback, capture, fade_seconds=args.fade_ms / 1000)
+            engine = AudioEngine(device, playback, capture, fade_seconds=args.fade_ms / 1000,
+                                 aec=not args.no_aec,
+                                 noise_suppression=not args.no_noise_suppression)
             try:
                 socket.bind(args.control)
                 serve(engine, socket)

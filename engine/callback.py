@@ -7,7 +7,10 @@ rings' rate (16 kHz; the backend resamples around it). It
 * reads the playback ring into ``out`` (speaker) — or, after a hangup, a fade
   of at most ``fade_frames`` and then only zeros, flushing the ring every
   period so nothing the agent writes afterwards can reach the speaker,
-* writes ``mic`` to the capture ring,
+* writes ``mic`` to the capture ring — or, with echo cancellation, hands the
+  raw ``mic`` and the ``out`` it just wrote to ``echo.feed`` (``EchoFeed``;
+  ``engine.echo.EchoThread``), whose thread writes the cancelled microphone
+  to the capture ring instead,
 * feeds the recorder and the level meters, and counts device status flags.
 
 Contract (python-sounddevice style): ``process`` runs on the audio thread. It
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Protocol
 
 import numpy as np
 
@@ -28,6 +32,14 @@ from engine.recorder import CallRecorder
 from engine.ring import SAMPLE_RATE, AudioRing
 
 DEFAULT_FADE_SECONDS = 0.005
+
+
+class EchoFeed(Protocol):
+    """Where the callback sends each period when echo cancellation is on."""
+
+    def feed(self, mic: np.ndarray, ref: np.ndarray) -> None:
+        """Audio thread: the raw ``mic`` and the ``ref`` sent to the speaker (int16, same
+        length). Must not lock, block or allocate."""
 
 
 def fade_curve(frames: int) -> np.ndarray:
@@ -60,6 +72,8 @@ class DuplexCallback:
         self.playback = playback
         self.capture = capture
         self.recorder: CallRecorder | None = None
+        self.echo: EchoFeed | None = None
+        """Set once, before the stream first starts; None: the mic goes straight to capture."""
         self._fade = fade_curve(fade_frames)
         self._fade_buf = np.zeros(len(self._fade), np.float32)
         self.max_period_frames = max_period_frames
@@ -121,7 +135,11 @@ class DuplexCallback:
         else:
             self.playback.read_into(out)
 
-        self.capture.write(mic)
+        echo = self.echo
+        if echo is None:
+            self.capture.write(mic)
+        else:
+            echo.feed(mic, out)
         recorder = self.recorder
         if recorder is not None:
             recorder.feed(mic, out)

@@ -85,6 +85,7 @@ class PortAudioDevice:
                     stream_callback=self._callback, start=False,
                 )
             self.output_latency = float(self._stream.get_output_latency())
+            self.input_latency = float(self._stream.get_input_latency())
         except OSError as exc:
             self._pa.terminate()
             which = device or input_device or output_device or "default"

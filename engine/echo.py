@@ -1,0 +1,283 @@
+"""Acoustic echo cancellation on the capture path: the agent must not hear itself.
+
+``EchoCanceller`` wraps WebRTC's audio processing module (AEC3 echo
+cancellation and high-pass filter; noise suppression on request), as LiveKit
+ships it (``livekit.rtc.AudioProcessingModule``). It works on exact 10 ms frames
+(``FRAME`` = 160 samples at 16 kHz, int16 mono): for each frame, first the
+*reference* (far end: exactly what the device callback sent to the speaker)
+through ``process_reverse_stream``, then the stream delay, then the
+microphone (near end) through ``process_stream``, which is cancelled in place.
+
+``EchoThread`` runs the canceller *beside* the device callback, never in it.
+The CPU cost per frame would fit the callback's budget (about 70 µs median on
+the development machine, see ``bench/echo.py``), but each APM call goes
+through LiveKit's FFI: it serialises a protobuf message (allocates), takes
+locks on the native side, and releases and re-takes the GIL, which can cost
+up to ``sys.getswitchinterval()`` (5 ms) when another thread holds it. The
+device callback takes no lock and never blocks, so instead:
+
+* the callback calls ``EchoThread.feed(mic, out)``: the raw microphone and the
+  speaker samples of the period, interleaved into an in-process SPSC
+  ``AudioRing`` (a copy into preallocated memory; no lock, no allocation);
+* the ``echo-canceller`` thread reads exact 10 ms frame pairs from that ring
+  (whatever the device period: the ring is the buffer that cuts the stream
+  into 160-sample frames), runs the canceller and writes the cancelled
+  microphone into the capture ring, which it then produces instead of the
+  callback. It polls every ``poll_s`` (2 ms; every ``idle_poll_s``, 20 ms,
+  once nothing has come for ``IDLE_AFTER_S``, as between calls), so it adds
+  at most a few milliseconds to the capture path and never delays the callback: if it
+  falls behind by more than the ring's second of slack, whole periods are
+  dropped and counted (``dropped_periods``), never waited for.
+
+Because each reference frame is handed to the APM right before the
+microphone frame captured in the same period, the stream delay the APM wants
+(render time − analysis time + processing time − capture time) is the
+device's own latency: output latency plus input latency as PortAudio reports
+them (0 for the virtual device, whose echo delay the engine cannot know).
+AEC3's delay estimator finds the rest.
+
+The recording keeps the raw microphone (the callback feeds the recorder);
+the cancelled signal is only what the agent hears.
+
+Noise suppression is off by default: echo cancellation does not need it
+(without it the residual echo stays below −58 dBFS, 18 dB under the local
+agent's −40 dBFS voice threshold), it costs the caller about 1.5 dB, and it
+takes steady tones for noise (−8 dB on a 1 kHz test tone from the first
+frame, −12 dB after a second). ``--noise-suppression`` turns it on for noisy rooms.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from engine.ring import SAMPLE_RATE, AudioRing
+
+FRAME = SAMPLE_RATE // 100
+"""Samples in one APM frame: exactly 10 ms at 16 kHz."""
+
+PAIR_RING_CAPACITY = 1 << 15
+"""In-process ring between the callback and the canceller thread, int16 values:
+16384 interleaved (mic, speaker) pairs, about 1 s at 16 kHz."""
+
+IDLE_AFTER_S = 0.5
+"""With no frame for this long (seconds), the canceller thread polls at ``idle_poll_s``."""
+
+_STATS_WINDOW = 1024
+"""Frames whose processing times ``EchoThread.stats`` summarises (about 10 s)."""
+
+
+class EchoUnavailable(RuntimeError):
+    """The WebRTC audio processing module cannot be loaded; ``str()`` says why."""
+
+
+class EchoCanceller:
+    """WebRTC APM (AEC3 + high-pass filter, optionally noise suppression) on 10 ms frames.
+
+    Not thread-safe: one thread calls ``process`` (the canceller thread in the
+    audio process; the caller's thread in tests and the benchmark).
+    ``stream_delay_ms``: the device's output plus input latency in ms (see
+    the module docstring); AEC3 estimates whatever the device adds beyond it.
+    """
+
+    def __init__(
+        self,
+        stream_delay_ms: int = 0,
+        noise_suppression: bool = False,
+        high_pass_filter: bool = True,
+    ) -> None:
+        try:
+            from livekit import rtc
+        except Exception as exc:  # ImportError, or the native library failing to load
+            raise EchoUnavailable(f"WebRTC audio processing unavailable: {exc}") from None
+        self.stream_delay_ms = max(0, int(stream_delay_ms))
+        self.noise_suppression = noise_suppression
+        self._apm = rtc.AudioProcessingModule(
+            echo_cancellation=True,
+            noise_suppression=noise_suppression,
+            high_pass_filter=high_pass_filter,
+            auto_gain_control=False,
+        )
+        # The APM works in place on these buffers; the numpy views share their memory.
+        self._near_bytes = bytearray(2 * FRAME)
+        self._far_bytes = bytearray(2 * FRAME)
+        self._near_frame = rtc.AudioFrame(self._near_bytes, SAMPLE_RATE, 1, FRAME)
+        self._far_frame = rtc.AudioFrame(self._far_bytes, SAMPLE_RATE, 1, FRAME)
+        self._near = np.frombuffer(self._near_bytes, np.int16)
+        self._far = np.frombuffer(self._far_bytes, np.int16)
+
+    def process(self, mic: np.ndarray, ref: np.ndarray) -> np.ndarray:
+        """Cancel one 10 ms frame: ``mic`` and ``ref`` are int16, ``FRAME`` samples each.
+
+        ``ref`` is what the speaker played in the same period as ``mic`` was
+        captured. Returns the cancelled microphone frame: a view into an
+        internal buffer, valid until the next call (copy it to keep it).
+        """
+        self._far[:] = ref
+        self._apm.process_reverse_stream(self._far_frame)
+        self._apm.set_stream_delay_ms(self.stream_delay_ms)
+        self._near[:] = mic
+        self._apm.process_stream(self._near_frame)
+        return self._near
+
+    def process_signal(self, mic: np.ndarray, ref: np.ndarray) -> np.ndarray:
+        """Cancel whole signals (tests, benchmark): int16, same length; a trailing
+        partial frame passes through unprocessed. Returns a new int16 array."""
+        if len(mic) != len(ref):
+            raise ValueError(f"mic and ref differ in length: {len(mic)} != {len(ref)}")
+        out = np.array(mic, np.int16, copy=True)
+        for start in range(0, len(mic) - FRAME + 1, FRAME):
+            end = start + FRAME
+            out[start:end] = self.process(mic[start:end], ref[start:end])
+        return out
+
+
+class EchoThread:
+    """The canceller beside the device callback; see the module docstring.
+
+    Threads: ``feed`` runs on the device's audio thread (the ring's only
+    producer); the ``echo-canceller`` thread is the ring's only consumer and
+    the capture ring's only producer while the engine runs with echo
+    cancellation; ``reset``, ``stats`` and ``close`` are for the control thread.
+    """
+
+    def __init__(
+        self,
+        capture: AudioRing,
+        canceller: EchoCanceller,
+        max_period_frames: int,
+        poll_s: float = 0.002,
+        idle_poll_s: float = 0.02,
+    ) -> None:
+        self.capture = capture
+        self.canceller = canceller
+        self.poll_s = poll_s
+        self.idle_poll_s = idle_poll_s
+        self._ring = AudioRing.create(PAIR_RING_CAPACITY)
+        self._pairs = np.zeros(2 * max(max_period_frames, FRAME), np.int16)
+        # Published by the audio thread.
+        self.dropped_periods = 0
+        # Published by the canceller thread.
+        self.frames = 0
+        self.error: str | None = None
+        self._cpu_us = np.zeros(_STATS_WINDOW, np.float64)
+        self._mic_energy = 0.0  # decaying sums over frames where the speaker played
+        self._out_energy = 0.0
+        # Requests from the control thread: counters the canceller thread catches up with.
+        self._reset_requests = 0
+        self._reset_seen = 0
+        self._stop = threading.Event()
+        self._wake = threading.Event()  # the control thread cuts the canceller's poll short
+        self._thread = threading.Thread(target=self._run, name="echo-canceller", daemon=True)
+        self._thread.start()
+
+    # -- audio thread -------------------------------------------------------------
+
+    def feed(self, mic: np.ndarray, ref: np.ndarray) -> None:
+        """One device period (int16 ``mic`` and the ``ref`` sent to the speaker, same length).
+
+        Audio thread only: no lock, no blocking, no allocation. A period that
+        does not fit whole is dropped and counted, so the pairs stay aligned.
+        """
+        step = len(self._pairs) // 2
+        for start in range(0, len(mic), step):
+            m = mic[start : start + step]
+            n = len(m)
+            buf = self._pairs[: 2 * n]
+            if self._ring.free() < 2 * n:
+                self.dropped_periods += 1
+                return
+            buf[0::2] = m
+            buf[1::2] = ref[start : start + n]
+            self._ring.write(buf)
+
+    # -- control thread -------------------------------------------------------------
+
+    def reset(self, timeout: float = 0.5) -> bool:
+        """Before a call, stream stopped: drop frames still queued from the last one.
+
+        The canceller thread does it (it is the ring's reader) and keeps the
+        APM's converged state: the echo path of the device has not changed.
+        Returns whether it was done within ``timeout`` seconds.
+        """
+        self._reset_requests += 1
+        wanted = self._reset_requests
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        while self._reset_seen < wanted and time.monotonic() < deadline:
+            time.sleep(0.0002)
+        return self._reset_seen >= wanted
+
+    def stats(self) -> dict[str, Any]:
+        """For ``status``: frames, drops, CPU per frame (µs) and the echo attenuation (dB).
+
+        ``attenuation_db`` is microphone energy over cancelled energy in the
+        last seconds in which the speaker played: ERLE while the caller is
+        silent, less while they talk.
+        """
+        n = min(self.frames, _STATS_WINDOW)
+        cpu = self._cpu_us[:n].copy()
+        mic, out = self._mic_energy, self._out_energy
+        return {
+            "enabled": True,
+            "frames": self.frames,
+            "dropped_periods": self.dropped_periods,
+            "stream_delay_ms": self.canceller.stream_delay_ms,
+            "noise_suppression": self.canceller.noise_suppression,
+            "cpu_us_median": round(float(np.median(cpu)), 1) if n else None,
+            "cpu_us_p99": round(float(np.percentile(cpu, 99)), 1) if n else None,
+            "attenuation_db": round(10 * np.log10(mic / max(out, 1e-9)), 1) if mic > 0 else None,
+            "error": self.error,
+        }
+
+    def close(self) -> None:
+        """Stop the thread (bounded wait) and free the ring. The stream must be stopped."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=2)
+        self._ring.close()
+        self._ring.unlink()
+
+    # -- canceller thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        pairs = np.zeros(2 * FRAME, np.int16)
+        ring = self._ring
+        last_frame = time.monotonic()
+        while not self._stop.is_set():
+            self._wake.clear()  # before the checks: a request after them sets it again
+            if self._reset_seen != self._reset_requests:
+                wanted = self._reset_requests
+                ring.flush()
+                self._reset_seen = wanted
+            if ring.available() < len(pairs):
+                idle = time.monotonic() - last_frame > IDLE_AFTER_S
+                self._wake.wait(self.idle_poll_s if idle else self.poll_s)
+                continue
+            last_frame = time.monotonic()
+            ring.read_into(pairs)
+            self._process(pairs[0::2], pairs[1::2])
+
+    def _process(self, mic: np.ndarray, ref: np.ndarray) -> None:
+        if self.error is not None:  # the APM failed once: pass the microphone through
+            self.capture.write(mic)
+            return
+        t = time.perf_counter()
+        try:
+            out = self.canceller.process(mic, ref)
+        except Exception as exc:  # keep the call going, uncancelled, and say why in status
+            self.error = f"echo cancellation stopped: {exc}"
+            self.capture.write(mic)
+            return
+        self.capture.write(out)
+        self._cpu_us[self.frames % _STATS_WINDOW] = (time.perf_counter() - t) * 1e6
+        self.frames += 1
+        if int(np.abs(ref).max(initial=0)) > 33:  # the speaker played (above -60 dBFS)
+            m = mic.astype(np.float64)
+            o = out.astype(np.float64)
+            decay = 0.99  # about a 1 s memory at 100 frames/s
+            self._mic_energy = decay * self._mic_energy + float(m @ m)
+            self._out_energy = decay * self._out_energy + float(o @ o)
