@@ -151,6 +151,12 @@ def markdown(summary: dict[str, Any], plot_names: list[str]) -> str:
         "`playback_underruns`: reads that ran out part-way through a period); CPU from "
         "/proc/PID/stat, RSS from /proc/PID/status.",
         "",
+        "* **Bounds.** A sound still going 10 s after the hangup (or interruption) is "
+        "recorded at the bound (9.8 s after the 0.2 s look-back): such figures are lower "
+        "bounds. DefaultAudioInterface's hangups hit it because its blocking writes have already "
+        "queued the greeting in the sound server, and neither `interrupt()` (a Python queue) "
+        "nor `stop()` (which closes its stream) takes back what the server holds.",
+        "",
         "Raw figures: `bench.json` beside this file.",
     ]
     if summary.get("echo"):
