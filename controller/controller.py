@@ -125,7 +125,7 @@ class Controller:
         self._failed = False
         self._next_levels = 0.0
         self._audio_cache: tuple[float, dict[str, Any]] | None = None
-        self._logs: list[IO[Any]] = []
+        self._logs: dict[str, IO[Any]] = {}
         self.postcall = PostcallRunner(f"ipc://{self.private}/ev",
                                        self._log("postcall"), config.config_path)
 
@@ -160,14 +160,18 @@ class Controller:
             probe.close(0)
 
     def _log(self, name: str) -> IO[Any] | None:
-        """Where a child's stderr goes: the terminal with --verbose, else a log file."""
+        """Where a child's stderr goes: the terminal with --verbose, else a log file.
+
+        One handle per log name for the controller's life: every standby agent
+        shares ``agent.log`` (opening one per call would leak a descriptor a call).
+        """
         if self.config.verbose:
             return None
-        log_dir = self.config.record_dir / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in close()
-        self._logs.append(handle)
-        return handle
+        if name not in self._logs:
+            log_dir = self.config.record_dir / "logs"
+            log_dir.mkdir(parents=True, exist_ok=True)
+            self._logs[name] = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - close()
+        return self._logs[name]
 
     def _start_audio(self) -> None:
         prefix = f"callctl-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -581,7 +585,7 @@ class Controller:
         if self.authenticator is not None:
             self.authenticator.stop()
         self.ctx.term()
-        for handle in self._logs:
+        for handle in self._logs.values():
             handle.close()
         for path in (self.config.endpoint, self.events_endpoint):
             if path.startswith("ipc://"):
