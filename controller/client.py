@@ -64,15 +64,22 @@ def _resolve(args: argparse.Namespace, name: str) -> str | None:
         return None
 
 
+def _ask(args: argparse.Namespace, name: str, message: dict[str, Any]) -> dict[str, Any] | None:
+    """Resolve the endpoint and send ``message``; None (the reason printed) when that fails."""
+    endpoint = _resolve(args, name)
+    if endpoint is None:
+        return None
+    try:
+        return request(endpoint, message, keys=args.keys)
+    except NoController as exc:
+        print(f"callctl {name}: {exc}", file=sys.stderr)
+        return None
+
+
 def hangup_main(argv: list[str] | None = None) -> int:
     args = _parser("hangup", "End the current call at once.").parse_args(argv)
-    endpoint = _resolve(args, "hangup")
-    if endpoint is None:
-        return EXIT_USAGE
-    try:
-        reply = request(endpoint, {"cmd": "hangup"}, keys=args.keys)
-    except NoController as exc:
-        print(f"callctl hangup: {exc}", file=sys.stderr)
+    reply = _ask(args, "hangup", {"cmd": "hangup"})
+    if reply is None:
         return EXIT_USAGE
     if args.json:
         print(json.dumps(reply))
@@ -89,13 +96,8 @@ def hangup_main(argv: list[str] | None = None) -> int:
 
 def status_main(argv: list[str] | None = None) -> int:
     args = _parser("status", "Show the controller's state and endpoints.").parse_args(argv)
-    endpoint = _resolve(args, "status")
-    if endpoint is None:
-        return EXIT_USAGE
-    try:
-        reply = request(endpoint, {"cmd": "status"}, keys=args.keys)
-    except NoController as exc:
-        print(f"callctl status: {exc}", file=sys.stderr)
+    reply = _ask(args, "status", {"cmd": "status"})
+    if reply is None:
         return EXIT_USAGE
     if args.json:
         print(json.dumps(reply))
@@ -126,14 +128,10 @@ def events_main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=0.0,
                    help="stop after this many seconds (default: never)")
     args = p.parse_args(argv)
-    endpoint = _resolve(args, "events")
-    if endpoint is None:
+    status = _ask(args, "events", {"cmd": "status"})
+    if status is None:
         return EXIT_USAGE
-    try:
-        events = request(endpoint, {"cmd": "status"}, keys=args.keys)["events"]
-    except NoController as exc:
-        print(f"callctl events: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    events = status["events"]
     sub: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     if args.keys is not None:
