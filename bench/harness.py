@@ -39,25 +39,6 @@ def summarise(values: list[float]) -> dict[str, float | int | None]:
             "mean": round(statistics.fmean(ordered), 2)}
 
 
-def last_sound_before_quiet(observer: PlaybackObserver, since: float, quiet: float = 0.4,
-                            bound: float = 10.0) -> float | None:
-    """The last sound after ``since`` once ``quiet`` seconds of silence follow it.
-
-    Waits (at most ``bound`` seconds of recording after ``since``) until the
-    observer has recorded ``quiet`` s with nothing above −60 dBFS; returns the
-    time of the last sample above it (None if there was none). A sound still
-    going at ``since + bound`` is reported at the bound.
-    """
-    deadline = time.monotonic() + bound + 5
-    while time.monotonic() < deadline:
-        until = observer.recorded_until() or since
-        last = observer.last_sound_after(since, until=since + bound)
-        if until >= since + bound or until - (last or since) >= quiet:
-            return last
-        time.sleep(0.05)
-    return observer.last_sound_after(since, until=since + bound)
-
-
 class ControllerOnPulse:
     """A `callctl serve` on a private PulseAudio server, its events, and an observer."""
 
@@ -101,6 +82,11 @@ class ControllerOnPulse:
                 if event["event"] == name and all(event.get(k) == v for k, v in where.items()):
                     return event
         return None
+
+    def drain_events(self) -> None:
+        """Forget the events received so far."""
+        while self.sub.poll(0):
+            self.sub.recv_multipart()
 
     def wait_state(self, state: str, timeout: float = 20.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

@@ -1,4 +1,9 @@
-"""Turn the benchmark's raw figures into bench/results/report.md and PNG plots."""
+"""Turn the benchmark's figures into bench/results/report.md and PNG plots.
+
+Every number in the report comes from ``summary`` (computed by ``bench.run``
+from the raw figures); every other sentence describes the procedure. Nothing
+here explains a result: a verdict column compares the figures, no more.
+"""
 
 from __future__ import annotations
 
@@ -10,41 +15,75 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+SYSTEMS = (("callctl", "callctl"), ("sdk", "SDK DefaultAudioInterface"),
+           ("pipecat", "Pipecat LocalAudioTransport"))
 
-def _fmt(s: dict[str, Any] | None, key: str = "median") -> str:
-    if not s or s.get(key) is None:
+
+def fmt_ms(value: float | None) -> str:
+    if value is None:
         return "—"
-    value = float(s[key])
     return f"{value / 1000:.2f} s" if value >= 10_000 else f"{value:.1f} ms"
 
 
-def _dist(s: dict[str, Any] | None) -> str:
+def dist(s: dict[str, Any] | None, unit: str = "ms") -> str:
+    """``median M, p90 …, p99 …, max … (n=N)``, or — for no data."""
     if not s or not s.get("n"):
         return "—"
-    return (f"median {_fmt(s)}, p90 {_fmt(s, 'p90')}, p99 {_fmt(s, 'p99')}, "
-            f"max {_fmt(s, 'max')} (n={s['n']})")
+    f = fmt_ms if unit == "ms" else (lambda v: f"{v:.1f} dB")
+    return (f"median {f(s['median'])}, p90 {f(s['p90'])}, p99 {f(s['p99'])}, "
+            f"max {f(s['max'])} (n={s['n']})")
 
 
-def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str:
-    if not a or not b or not a.get("median") or not b.get("median"):
+def cell(s: dict[str, Any] | None, unit: str = "ms") -> str:
+    """A table cell: median / p99 (dB rows: median / worst)."""
+    if not s or not s.get("n"):
         return "—"
-    return f"{a['median'] / b['median']:.0f}×" if b["median"] > 0 else "—"
+    if unit == "dB":
+        return f"{s['median']:.1f} / {s['max']:.1f} dB"
+    return f"{fmt_ms(s['median'])} / {fmt_ms(s['p99'])}"
+
+
+def verdict(figures: dict[str, dict[str, Any] | None], lower_is_better: bool = True) -> str:
+    """callctl against the best peer on the median and the p99: ahead, level or behind.
+
+    "level" when the medians are within 5 % or 1 unit of each other.
+    """
+    ours = figures.get("callctl")
+    peers = {k: v for k, v in figures.items() if k != "callctl" and v and v.get("n")}
+    if not ours or not ours.get("n") or not peers:
+        return "—"
+    words = []
+    for key in ("median", "p99"):
+        mine = float(ours[key])
+        best_key, best = min(((k, float(v[key])) for k, v in peers.items()),
+                             key=lambda kv: kv[1] if lower_is_better else -kv[1])
+        close = abs(mine - best) <= max(1.0, 0.05 * abs(best))
+        better = mine < best if lower_is_better else mine > best
+        word = "level" if close else ("ahead" if better else "behind")
+        words.append(f"{key} {word}")
+    return ", ".join(words)
 
 
 def plots(raw: dict[str, Any], out: Path) -> list[str]:
-    """CDFs of hangup→silence and barge-in→silence, both systems; returns file names."""
+    """CDFs of hangup→silence, barge-in→silence and the click figure; returns file names."""
     names = []
-    for key, title in (("hangup_silence", "hangup → silence at the device"),
-                       ("bargein_silence", "barge-in (interruption) → silence at the device")):
+    for key, title, log in (("hangup_silence", "hangup → silence at the device", True),
+                            ("bargein_silence", "barge-in → silence at the device", True),
+                            ("hangup_click_db", "click at hangup (last 1 ms vs 10 ms before)",
+                             False)):
         fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-        for system, label in (("sdk", "DefaultAudioInterface"), ("callctl", "callctl")):
-            values = sorted(raw[system].get(key, []))
+        for system, label in SYSTEMS:
+            values = sorted(raw.get(system, {}).get(key, []))
             if not values:
                 continue
             ys = [(i + 1) / len(values) for i in range(len(values))]
-            ax.step([max(v, 0.1) for v in values], ys, where="post", label=label)
-        ax.set_xscale("log")
-        ax.set_xlabel("milliseconds (log scale)")
+            xs = [max(v, 0.1) for v in values] if log else values
+            ax.step(xs, ys, where="post", label=label)
+        if log:
+            ax.set_xscale("log")
+            ax.set_xlabel("milliseconds (log scale)")
+        else:
+            ax.set_xlabel("dB")
         ax.set_ylabel("fraction of events")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
@@ -57,118 +96,157 @@ def plots(raw: dict[str, Any], out: Path) -> list[str]:
     return names
 
 
+def _row(title: str, s: dict[str, Any], key: str, unit: str = "ms",
+         lower_is_better: bool = True) -> str:
+    figures = {k: s[k].get(key) for k, _ in SYSTEMS}
+    cells = " | ".join(cell(figures[k], unit) for k, _ in SYSTEMS)
+    return f"| {title} | {cells} | {verdict(figures, lower_is_better)} |"
+
+
 def markdown(summary: dict[str, Any], plot_names: list[str]) -> str:
-    c, s = summary["callctl"], summary["sdk"]
-    rows = [
-        ("Hang up → voice gone at the device (median)", _fmt(s["hangup_silence"]),
-         _fmt(c["hangup_silence"]), _ratio(s["hangup_silence"], c["hangup_silence"])),
-        ("Hang up → voice gone (p99)", _fmt(s["hangup_silence"], "p99"),
-         _fmt(c["hangup_silence"], "p99"), ""),
-        ("Barge-in → voice gone at the device (median)", _fmt(s["bargein_silence"]),
-         _fmt(c["bargein_silence"]), _ratio(s["bargein_silence"], c["bargein_silence"])),
-        ("Hang up → agent finished, cooperative service (median)", _fmt(s["session_ended"]),
-         _fmt(c["reaped"]), ""),
-        ("Hang up → agent finished, frozen service (median)",
-         _fmt(s["stalled_session_ended"]) if s["stalled_session_ended"].get("n")
-         else f"not within {summary['stall_bound_s']:.0f} s",
-         _fmt(c["stalled_reaped"]), ""),
-        ("Call start → first agent audio (standby / cold)", _fmt(s["start"]),
-         f"{_fmt(c['start'])} / {_fmt(c['cold_start'])}", ""),
-    ]
-    gui = summary.get("gui_stall_ms")
-    if gui:
-        rows.append(("GUI: longest event-loop stall during a hangup (own / wall)", "—",
-                     f"{gui['hangup_max_own_ms']:.1f} / {gui['hangup_max_gap_ms']:.1f} ms", ""))
-    long = summary["long_call"]
+    s = summary["systems"]
+    c = s["callctl"]
+    cpu = {k: s[k].get("cpu_percent") for k, _ in SYSTEMS}
+    cpu_cells = " | ".join("—" if cpu[k] is None else f"{cpu[k]:.1f} %" for k, _ in SYSTEMS)
+    peers_cpu = [v for k, v in cpu.items() if k != "callctl" and v is not None]
+    cpu_verdict = ("—" if cpu["callctl"] is None or not peers_cpu else
+                   "ahead" if cpu["callctl"] < min(peers_cpu) else "behind")
+    stall = summary["frozen"]
+    header = " | ".join(label for _, label in SYSTEMS)
     lines = [
-        "# callctl vs the elevenlabs SDK's DefaultAudioInterface",
+        "# callctl, the elevenlabs SDK's DefaultAudioInterface and Pipecat, side by side",
         "",
         f"Measured {summary['when']} on this machine ({summary['machine']}), in one run of "
-        f"`make bench`{' --quick' if summary['quick'] else ''}.",
+        f"`make bench`{' --quick' if summary['quick'] else ''} "
+        f"({summary['duration_s'] / 60:.1f} min). Cells are median / p99 unless they say "
+        "otherwise; the last column compares callctl with the better peer.",
         "",
-        "| action | DefaultAudioInterface | callctl | ratio |",
-        "|---|---|---|---|",
-        *[f"| {a} | {b} | {c_} | {r} |" for a, b, c_, r in rows],
+        f"| figure | {header} | callctl vs the better peer |",
+        "|---|---|---|---|---|",
+        _row("Hang up → voice gone at the device", s, "hangup_silence"),
+        _row("Click at hangup, dB (median / worst)", s, "hangup_click_db", "dB"),
+        _row("Barge-in → voice gone at the device", s, "bargein_silence"),
+        _row("Hang up → agent finished, cooperative service", s, "agent_done"),
+        _row("Call start → first agent audio at the device", s, "start"),
+        f"| CPU of the audio process during a call, % of one core | {cpu_cells} | "
+        f"{cpu_verdict} |",
+        "",
+        "Hang up → agent finished with a frozen service (the agent server's `--fault stall`) "
+        "compares different things, so it stands apart: callctl's figure is the agent "
+        "process reaped (killed at its 2.0 s bound); the SDK's is `end_session()` + "
+        f"`wait_for_session_end()`, bounded here at {stall['bound_s']:.0f} s; Pipecat talks "
+        "to no service. callctl: " + dist(stall["callctl"]) + "; SDK: " + dist(stall["sdk"])
+        + f"; SDK sessions not ended within the bound: {stall['sdk_unfinished']} of "
+        f"{stall['calls']}.",
         "",
         "## Distributions",
         "",
-        f"* hangup → silence, callctl: {_dist(c['hangup_silence'])}",
-        f"* hangup → silence, DefaultAudioInterface: {_dist(s['hangup_silence'])}",
-        f"* barge-in → silence, callctl: {_dist(c['bargein_silence'])}",
-        f"* barge-in → silence, DefaultAudioInterface: {_dist(s['bargein_silence'])}",
-        f"* callctl engine's own first silent period: {_dist(c['engine_silent'])}",
-        f"* hangup → agent reaped, callctl, cooperative: {_dist(c['reaped'])}",
-        f"* hangup → agent reaped, callctl, frozen service: {_dist(c['stalled_reaped'])}",
-        f"* SDK `end_session()` returned: {_dist(s['stop_returned'])}",
-        f"* SDK `end_session()` + `wait_for_session_end()`, cooperative: "
-        f"{_dist(s['session_ended'])}",
-        f"* SDK, frozen service: {_dist(s['stalled_session_ended'])}; "
-        f"{summary['sdk_stall_unfinished']} of {summary['stall_calls']} still not ended after "
-        f"{summary['stall_bound_s']:.0f} s",
-        f"* call start, callctl with the standby agent process: {_dist(c['start'])}",
-        f"* call start, callctl cold (agent process spawned at the call): "
-        f"{_dist(c['cold_start'])}",
-        f"* call start, SDK (session start → first audio): {_dist(s['start'])}",
-        "",
-        f"Long call: {long['seconds']:.0f} s with {long['busy_processes']} other processes "
-        f"keeping every core busy: xruns {long['xruns']}; audio process CPU "
-        f"{long['audio_cpu_percent']}% of one core, RSS at most {long['audio_rss_mb_max']} MB.",
-        "",
-        *[f"![{n}]({n})" for n in plot_names],
-        "",
-        "## How each figure was measured",
-        "",
-        "* **Rig.** Each system gets a private PulseAudio daemon (`engine/soundserver.py`) "
-        "with two null sinks at 16 kHz, 5 ms render blocks: the speaker and the microphone. "
-        "Both systems reach it through PortAudio's ALSA `pulse` device, and both talk to the "
-        "same local agent server program (`callctl agent-server`) through the real "
-        "`elevenlabs` SDK. callctl runs as `callctl serve --device pulse`; the baseline is the "
-        "SDK's `Conversation` with `DefaultAudioInterface`, unmodified "
-        "(`bench/sdk_baseline.py`; the subclass only notes when `interrupt()` is called).",
-        "* **Voice gone at the device** is read by an external observer: `parec` records the "
-        "speaker sink's monitor, every chunk time-stamped; the figure is the time of the last "
-        "sample above −60 dBFS minus the moment the hangup was sent (callctl: the `hangup` "
-        "request; the SDK: the call to `end_session()`). Hangups fall at a random moment "
-        "0.3–1.5 s into the agent's greeting.",
-        "* **Barge-in**: 0.8 s into the greeting, caller speech is played into the "
-        "microphone sink; the service sends `interruption`. The figure runs from the moment "
-        "the client acted on it (callctl: the agent process's flush, event `agent` with "
-        "`kind: interruption`; the SDK: its `interrupt()` call) to the last sample above "
-        "−60 dBFS before the agent's next line.",
-        "* **Agent finished**: callctl: the `call.ended` event's `agent_exited_ms` (the agent "
-        "process reaped; SIGKILL at 2.0 s). The SDK: `end_session()` then "
-        "`wait_for_session_end()` in a watchdog thread. *Frozen service*: the agent server's "
-        "`--fault stall` (it stops reading and writing, close handshake included).",
-        "* **Call start**: request (callctl: `call`; the SDK: `start_session()`) → first "
-        "sample of the greeting heard by the observer.",
-        "* **GUI stall**: the real window offscreen (`bench/gui_stall.py`), its own "
-        "controller on the virtual device; a 1 ms Qt timer; the longest gap between ticks "
-        "from the Hang up press until the window shows Ready. *Own* leaves out the time the "
-        "kernel kept the GUI thread waiting for a CPU (`/proc/self/task/TID/schedstat`), "
-        "*wall* is the raw gap.",
-        "* **Long call**: one call with one busy-looping process per core; xruns are the "
-        "audio process's counters (`device`: periods with PortAudio status flags; "
-        "`playback_underruns`: reads that ran out part-way through a period); CPU from "
-        "/proc/PID/stat, RSS from /proc/PID/status.",
-        "",
-        "* **Bounds.** A sound still going 10 s after the hangup (or interruption) is "
-        "recorded at the bound (9.8 s after the 0.2 s look-back): such figures are lower "
-        "bounds. DefaultAudioInterface's hangups hit it because its blocking writes have already "
-        "queued the greeting in the sound server, and neither `interrupt()` (a Python queue) "
-        "nor `stop()` (which closes its stream) takes back what the server holds.",
-        "",
-        "Raw figures: `bench.json` beside this file.",
     ]
+    for key, title, unit in (("hangup_silence", "hangup → silence", "ms"),
+                             ("hangup_click_db", "click at hangup", "dB"),
+                             ("bargein_silence", "barge-in → silence", "ms"),
+                             ("bargein_click_db", "click at barge-in", "dB"),
+                             ("agent_done", "hangup → agent finished, cooperative", "ms"),
+                             ("start", "call start → first audio", "ms"),
+                             ("tail_step_ratio", "largest sample step in the 20 ms before "
+                              "silence / in the 50 ms before the hangup", "x")):
+        for system, label in SYSTEMS:
+            figure = s[system].get(key)
+            text = dist(figure, unit) if unit != "x" else (
+                "—" if not figure or not figure.get("n") else
+                f"median {figure['median']:.2f}, max {figure['max']:.2f} (n={figure['n']})")
+            lines.append(f"* {title}, {label}: {text}")
+    lines += [""]
+    for system, label in SYSTEMS:
+        r = s[system]
+        lines.append(f"* {label}: {r['redone_in_pause']} events redone because the observer "
+                     f"heard no speech in the 10 ms before them; {r['given_up']} offsets given "
+                     f"up after {summary['max_redos']} tries; CPU measured over "
+                     f"{r.get('cpu_seconds') or 0:.0f} s.")
+    lines += [
+        f"* callctl, cold start (no standby agent process): {dist(c.get('cold_start'))}",
+        f"* callctl agent processes killed at the 2 s bound, cooperative service: "
+        f"{c.get('agent_killed', 0)}",
+    ]
+    long = summary.get("long_call")
+    if long:
+        lines += [
+            "",
+            f"Long call (callctl, backend `{long.get('backend')}`): {long['seconds']:.0f} s "
+            f"with {long['busy_processes']} other processes keeping every core busy: device "
+            f"xruns {long['xruns'].get('device')}, playback underruns "
+            f"{long['xruns'].get('playback_underruns')}, capture overruns "
+            f"{long['xruns'].get('capture_overruns')}; audio process CPU "
+            f"{long['audio_cpu_percent']} % of one core, RSS at most "
+            f"{long['audio_rss_mb_max']} MB.",
+        ]
+    gui = summary.get("gui_stall_ms")
+    if gui:
+        lines += ["", f"GUI: the longest event-loop stall from the Hang up press to Ready: "
+                      f"{gui['hangup_max_own_ms']:.1f} ms own, {gui['hangup_max_gap_ms']:.1f} ms "
+                      "wall (`bench/gui_stall.py`)."]
     if summary.get("echo"):
         e = summary["echo"]["summary"]
-        cpu = e["cpu_us_per_frame"]
-        at = lines.index("## How each figure was measured")
-        lines[at:at] = [
-            "## Echo cancellation", "",
+        ecpu = e["cpu_us_per_frame"]
+        lines += [
+            "", "## Echo cancellation", "",
             f"Agent speech through a delayed (30–120 ms), attenuated (−6 dB), low-passed echo "
             f"path, a caller talking over it: echo return loss enhancement after convergence "
             f"at least {e['erle_db_min']} dB, converged within {e['convergence_s_max']} s, "
             f"the caller loses at most {e['caller_loss_db_max']} dB in double talk; CPU per "
-            f"10 ms frame median {cpu['median']} µs, p99 {cpu['p99']} µs (budget 10,000 µs). "
-            "From `bench/echo.py` (`bench/results/echo.json`).", ""]
+            f"10 ms frame median {ecpu['median']} µs, p99 {ecpu['p99']} µs (budget 10,000 µs). "
+            "From `bench/echo.py` (`bench/results/echo.json`).",
+        ]
+    lines += [
+        "",
+        *[f"![{n}]({n})" for n in plot_names],
+        "",
+        "## The procedure (the same for every system)",
+        "",
+        "* **Rig.** Each system gets its own private PulseAudio daemon (`engine/soundserver.py`) "
+        "with two null sinks at 16 kHz and 5 ms render blocks, the speaker and the microphone, "
+        "and an external observer: `parec` recording the speaker sink's monitor, every chunk "
+        "time-stamped (`PlaybackObserver`). callctl runs as `callctl serve --device pulse`; "
+        "the SDK baseline is its `Conversation` with `DefaultAudioInterface`, unmodified "
+        "(`bench/sdk_baseline.py`); Pipecat 1.14 runs a pipeline ending in "
+        "`LocalAudioTransport` (input and output enabled) in its own venv "
+        "(`bench/pipecat_baseline.py`). The SDK and Pipecat reach the server through "
+        "PortAudio's default ALSA device, as their users' programs would. callctl and the SDK "
+        "talk to the same local agent server program (`callctl agent-server`); Pipecat, which "
+        "has no client for that service, pushes the same greeting, rendered by the same "
+        "espeak-ng voice, as output audio frames.",
+        "* **One call at a time** (`bench/procedure.py`). Before each call the observer must "
+        "have heard 0.5 s of silence. The call start figure is the request → the first "
+        "sample above −60 dBFS the observer hears.",
+        f"* **Hangups** ({summary['hangups']} per system) happen at the same offsets after "
+        "the first sound for every system, spread evenly over "
+        f"{summary['hangup_window'][0]}–{summary['hangup_window'][1]} s of the greeting; at "
+        "each offset the driver waits (at most 1 s) until the observer hears speech. callctl "
+        "hangs up with the `hangup` request, the SDK with `end_session()`, Pipecat with "
+        "`PipelineTask.cancel()`. An event whose 10 ms before it peak below −40 dBFS fell "
+        "into a pause: it is redone, never counted.",
+        "* **Voice gone** is the last sample above −60 dBFS before the first gap of at least "
+        "0.4 s after the hangup, found in the recording (`testing/measure.py`); nothing after "
+        "that gap can extend it. **Click**: the peak of the last 1 ms before that silence over "
+        "the peak of the 10 ms before the hangup, in dB; a fade that reached the speaker gives "
+        "−20 dB or less, a hard cut about 0 dB.",
+        f"* **Barge-ins** ({summary['bargeins']} per system, offsets spread over "
+        f"{summary['bargein_window'][0]}–{summary['bargein_window'][1]} s): callctl and the SDK "
+        "hear caller speech played into the microphone sink, the service sends `interruption`, "
+        "and the figure starts when the client acted on it (callctl: the agent process's "
+        "flush, event `agent` with `kind: interruption`; the SDK: its `interrupt()` call); "
+        "Pipecat gets its interruption frame at the offset. Same silence and click rules.",
+        "* **Agent finished**: callctl: the agent process reaped (`call.ended`'s "
+        "`agent_exited_ms`, rebased to the moment the hangup was sent); the SDK: "
+        "`end_session()` then `wait_for_session_end()` returned; Pipecat: the pipeline task "
+        "finished after `cancel()`.",
+        f"* **CPU**: user + system time of the process doing the audio (callctl's audio "
+        f"process; the SDK's and Pipecat's own process) over {summary['cpu_seconds']:.0f} s of "
+        "a call from its first sound, from /proc/PID/stat, as % of one core; callctl with "
+        "echo cancellation on.",
+        "* **Long call**: one callctl call with one busy-looping process per core; xruns are "
+        "the audio process's counters; CPU from /proc/PID/stat, RSS from /proc/PID/status.",
+        "",
+        "Raw figures: `bench.json` beside this file.",
+    ]
     return "\n".join(lines) + "\n"

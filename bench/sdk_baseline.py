@@ -1,103 +1,98 @@
 """The baseline: the elevenlabs SDK's own ``DefaultAudioInterface``, driven as the SDK drives it.
 
-Run as a child process on the benchmark's PulseAudio server (its env), one
-conversation after another against the local agent server::
+A child process on the benchmark's PulseAudio server (run under its env),
+one conversation at a time against the local agent server, steered by the
+parent over a line protocol shared with ``bench.pipecat_baseline``::
 
-    python -m bench.sdk_baseline --base-url http://127.0.0.1:PORT --calls N \
-        [--barge-in-after S] [--hangup-after-min S --hangup-after-max S]
+    python -m bench.sdk_baseline --base-url http://127.0.0.1:PORT
 
-For each call it prints one JSON line with ``time.monotonic()`` stamps:
-``started`` (session start requested), ``first_response`` (the greeting's
-``agent_response``), ``interrupt`` (when the SDK called
-``DefaultAudioInterface.interrupt()``, if it did), ``hangup`` (just before
-``end_session()``), ``stop_returned`` (``end_session()`` returned: the SDK
-called ``audio_interface.stop()`` synchronously), ``session_ended``
-(``wait_for_session_end()`` returned, bounded here by a watchdog). Nothing is
-changed in the SDK: the subclass only notes the time of ``interrupt()``
-before calling the SDK's own.
+stdin, one command a line: ``call``, ``hangup``, ``quit``. stdout, one JSON
+object a line, every time a ``time.monotonic()`` float (CLOCK_MONOTONIC,
+shared with the parent):
 
-With ``--barge-in-after`` the line it prints first says ``{"ready_for_caller":
-t}`` so the parent knows when to speak into the microphone.
+* ``{"event": "ready", "pid": P}`` once, imports done;
+* ``call`` → ``{"event": "started", "t": T}``, T just before ``start_session()``;
+* ``{"event": "interrupted", "t": T}`` whenever the SDK calls
+  ``DefaultAudioInterface.interrupt()`` (the service's ``interruption``,
+  after the parent played caller speech into the microphone);
+* ``hangup`` → ``{"event": "hungup", "hangup": T0, "stop_returned": T1,
+  "session_ended": T2}``: T0 when the line was read, T1 when
+  ``end_session()`` returned (it calls ``audio_interface.stop()``
+  synchronously), T2 when ``wait_for_session_end()`` returned (null if not
+  within ``--session-timeout``);
+* ``{"event": "error", "message": M}`` then exit 1.
+
+Nothing in the SDK is changed: the subclass only notes when ``interrupt()``
+is called before calling the SDK's own.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
+import os
 import sys
 import threading
 import time
+from typing import Any
 
 from elevenlabs.client import ElevenLabs
 from elevenlabs.conversational_ai.conversation import Conversation
 from elevenlabs.conversational_ai.default_audio_interface import DefaultAudioInterface
 
+_print_lock = threading.Lock()
+
+
+def say(**fields: Any) -> None:
+    """One JSON line on stdout; any thread may call."""
+    with _print_lock:
+        sys.stdout.write(json.dumps(fields) + "\n")
+        sys.stdout.flush()
+
 
 class TimedDefaultAudioInterface(DefaultAudioInterface):
-    """The SDK's interface, unchanged, with the moment of ``interrupt()`` noted."""
-
-    interrupted_at: float | None = None
+    """The SDK's interface, unchanged, with the moment of ``interrupt()`` reported."""
 
     def interrupt(self) -> None:
-        if self.interrupted_at is None:
-            self.interrupted_at = time.monotonic()
+        say(event="interrupted", t=time.monotonic())
         super().interrupt()
-
-
-def one_call(client: ElevenLabs, hangup_after: float, barge_in: float | None,
-             session_timeout: float) -> dict[str, float | None]:
-    audio = TimedDefaultAudioInterface()
-    first = threading.Event()
-    stamps: dict[str, float | None] = {"first_response": None}
-
-    def on_response(text: str) -> None:
-        if stamps["first_response"] is None:
-            stamps["first_response"] = time.monotonic()
-            first.set()
-
-    conv = Conversation(client, "local", requires_auth=False, audio_interface=audio,
-                        callback_agent_response=on_response)
-    stamps["started"] = time.monotonic()
-    conv.start_session()
-    if not first.wait(15):
-        raise SystemExit("the agent never greeted")
-    if barge_in is not None:
-        time.sleep(barge_in)
-        print(json.dumps({"ready_for_caller": time.monotonic()}), flush=True)
-        sys.stdin.readline()  # the parent has played the caller's speech
-    else:
-        time.sleep(hangup_after)
-    stamps["interrupt"] = audio.interrupted_at
-    stamps["hangup"] = time.monotonic()
-    conv.end_session()
-    stamps["stop_returned"] = time.monotonic()
-    ender = threading.Thread(target=conv.wait_for_session_end, daemon=True)
-    ender.start()
-    ender.join(session_timeout)
-    stamps["session_ended"] = None if ender.is_alive() else time.monotonic()
-    return stamps
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.sdk_baseline")
     p.add_argument("--base-url", required=True)
-    p.add_argument("--calls", type=int, default=1)
-    p.add_argument("--hangup-after-min", type=float, default=0.3)
-    p.add_argument("--hangup-after-max", type=float, default=1.5)
-    p.add_argument("--barge-in-after", type=float, default=None)
-    p.add_argument("--session-timeout", type=float, default=15.0)
+    p.add_argument("--session-timeout", type=float, default=15.0,
+                   help="bound on wait_for_session_end(), seconds")
     args = p.parse_args(argv)
     client = ElevenLabs(base_url=args.base_url, timeout=10)
-    for _ in range(args.calls):
-        stamps = one_call(client, random.uniform(args.hangup_after_min, args.hangup_after_max),
-                          args.barge_in_after, args.session_timeout)
-        print(json.dumps(stamps), flush=True)
-        time.sleep(0.3)
+    say(event="ready", pid=os.getpid())
+    conv: Conversation | None = None
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "call":
+            conv = Conversation(client, "local", requires_auth=False,
+                                audio_interface=TimedDefaultAudioInterface())
+            started = time.monotonic()
+            conv.start_session()
+            say(event="started", t=started)
+        elif cmd == "hangup" and conv is not None:
+            hangup = time.monotonic()
+            conv.end_session()
+            stop_returned = time.monotonic()
+            ender = threading.Thread(target=conv.wait_for_session_end, daemon=True)
+            ender.start()
+            ender.join(args.session_timeout)
+            ended = None if ender.is_alive() else time.monotonic()
+            say(event="hungup", hangup=hangup, stop_returned=stop_returned, session_ended=ended)
+            conv = None
+        elif cmd == "quit":
+            break
+        else:
+            say(event="error", message=f"unexpected command {cmd!r}")
+            sys.stdout.flush()
+            os._exit(1)
     # A session stuck in its close handshake holds a non-daemon SDK thread.
     sys.stdout.flush()
-    import os
-
     os._exit(0)
 
 

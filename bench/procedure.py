@@ -1,0 +1,180 @@
+"""The one procedure every system is measured by (``bench.systems.System``).
+
+Per call, for every system alike:
+
+1. Wait until the observer has heard at least ``QUIET_S`` (0.5 s) of silence,
+   so no call overlaps the next.
+2. Ask for a call; the observer's first sound after the request is the call
+   start figure.
+3. At a fixed offset after that first sound (the same offsets, in the same
+   order, for every system), wait (at most ``SPEECH_WAIT_S``) until the
+   observer hears the agent speaking, then hang up (or make the agent be
+   interrupted).
+4. From the recording: the last sound before the first 0.4 s gap
+   (``testing.measure.ending``), the click figure, and whether the agent
+   was speaking in the 10 ms before the hangup. An event that fell into a
+   pause is redone, never counted.
+
+Every figure is in milliseconds unless its name says otherwise.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.systems import System
+from testing.measure import ObserverRecording, ending, speaking_at, wait_quiet
+
+QUIET_S = 0.5
+"""Silence heard before each call starts, seconds."""
+SPEECH_WAIT_S = 1.0
+"""How long past its offset a hangup may wait for the agent to be heard speaking, seconds."""
+MAX_REDOS = 3
+"""Tries per offset before the offset is given up (and reported as such)."""
+
+
+def offsets(n: int, lo: float, hi: float) -> list[float]:
+    """``n`` moments in ``[lo, hi]`` seconds, spread evenly (golden-ratio sequence), the same
+    for every system."""
+    return [round(lo + (hi - lo) * ((0.5 + i * 0.6180339887) % 1.0), 3) for i in range(n)]
+
+
+@dataclass
+class Results:
+    """Raw per-event figures of one system."""
+
+    hangup_silence: list[float] = field(default_factory=list)
+    hangup_click_db: list[float] = field(default_factory=list)
+    tail_step_ratio: list[float] = field(default_factory=list)
+    agent_done: list[float] = field(default_factory=list)
+    agent_killed: int = 0
+    start: list[float] = field(default_factory=list)
+    bargein_silence: list[float] = field(default_factory=list)
+    bargein_click_db: list[float] = field(default_factory=list)
+    redone_in_pause: int = 0
+    given_up: int = 0
+    cpu_percent: float | None = None
+    cpu_seconds: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _first_sound(system: System, asked: float, timeout: float = 10.0) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        system.observer.wait_until(time.monotonic() - 0.01, timeout=1)
+        first = system.observer.first_sound_after(asked)
+        if first is not None:
+            return first
+        time.sleep(0.005)
+    raise RuntimeError(f"{system.label}: the agent's greeting never reached the device")
+
+
+def _wait_speaking(system: System, rec: ObserverRecording, at: float) -> None:
+    """Sleep until ``at``, then until the observer's latest 10 ms hold speech (bounded)."""
+    time.sleep(max(0.0, at - time.monotonic()))
+    give_up = time.monotonic() + SPEECH_WAIT_S
+    while time.monotonic() < give_up:
+        until = rec.recorded_until()
+        if until is not None and speaking_at(rec, until):
+            return
+        time.sleep(0.002)
+
+
+def _quiet(system: System, rec: ObserverRecording) -> None:
+    if not wait_quiet(rec, QUIET_S, timeout=30):
+        raise RuntimeError(f"{system.label}: the speaker never went quiet between calls")
+
+
+def hangups(system: System, moments: list[float], out: Results) -> None:
+    """One call per moment: hang up that long after the first sound heard."""
+    rec = ObserverRecording(system.observer)
+    for offset in moments:
+        for _ in range(MAX_REDOS):
+            _quiet(system, rec)
+            asked = system.start_call()
+            first = _first_sound(system, asked)
+            _wait_speaking(system, rec, first + offset)
+            stamps = system.hangup()
+            end = ending(rec, stamps.sent)
+            if not end.speaking:
+                out.redone_in_pause += 1
+                continue
+            out.start.append(round((first - asked) * 1000, 2))
+            assert end.silence_ms is not None
+            out.hangup_silence.append(end.silence_ms)
+            if end.click_db is not None:
+                out.hangup_click_db.append(round(end.click_db, 2))
+            if end.before_step:
+                out.tail_step_ratio.append(round(end.tail_step / end.before_step, 3))
+            if stamps.agent_done_ms is not None:
+                out.agent_done.append(stamps.agent_done_ms)
+            out.agent_killed += int(stamps.killed)
+            break
+        else:
+            out.given_up += 1
+
+
+def bargeins(system: System, moments: list[float], out: Results) -> None:
+    """One call per moment: the agent is interrupted that long after the first sound heard."""
+    rec = ObserverRecording(system.observer)
+    for offset in moments:
+        for _ in range(MAX_REDOS):
+            _quiet(system, rec)
+            asked = system.start_call()
+            first = _first_sound(system, asked)
+            t_int = system.interrupt(first + offset)
+            end = ending(rec, t_int)
+            system.hangup()
+            if not end.speaking:
+                out.redone_in_pause += 1
+                continue
+            assert end.silence_ms is not None
+            out.bargein_silence.append(end.silence_ms)
+            if end.click_db is not None:
+                out.bargein_click_db.append(round(end.click_db, 2))
+            break
+        else:
+            out.given_up += 1
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far, seconds (/proc/PID/stat)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_during_call(system: System, seconds: float, out: Results) -> None:
+    """The audio process's CPU over ``seconds`` of one call, from its first sound, % of a core."""
+    rec = ObserverRecording(system.observer)
+    _quiet(system, rec)
+    asked = system.start_call()
+    _first_sound(system, asked)
+    pid = system.audio_pid()
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds)
+    cpu1, t1 = cpu_seconds(pid), time.monotonic()
+    system.hangup()
+    out.cpu_percent = round((cpu1 - cpu0) / (t1 - t0) * 100, 2)
+    out.cpu_seconds = round(t1 - t0, 1)
+
+
+def frozen_service(system: System, calls: int) -> list[float | None]:
+    """Hang up 1 s into the greeting while the service is frozen (``--fault stall`` from
+    0.5 s): ``sent`` → the agent side finished, None when it did not within the system's
+    bound. No speech check: a frozen service sends no audio."""
+    done: list[float | None] = []
+    rec = ObserverRecording(system.observer)
+    for _ in range(calls):
+        _quiet(system, rec)
+        asked = system.start_call()
+        first = _first_sound(system, asked)
+        time.sleep(max(0.0, first + 1.0 - time.monotonic()))
+        done.append(system.hangup().agent_done_ms)
+    return done
