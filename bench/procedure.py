@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.systems import System
+from bench.systems import HangupStamps, System
 from testing.measure import ObserverRecording, ending, speaking_at, wait_quiet
 
 QUIET_S = 0.5
@@ -48,9 +48,14 @@ class Results:
 
     hangup_silence: list[float] = field(default_factory=list)
     hangup_click_db: list[float] = field(default_factory=list)
+    hangup_crashed: list[bool] = field(default_factory=list)
+    """Per counted hangup, in the order of ``hangup_silence``: the process died of it."""
     tail_step_ratio: list[float] = field(default_factory=list)
     agent_done: list[float] = field(default_factory=list)
     agent_killed: int = 0
+    crashed_on_hangup: int = 0
+    hangups_sent: int = 0
+    """Hangups (of all calls, barge-in calls too) that killed the system's own process."""
     start: list[float] = field(default_factory=list)
     bargein_silence: list[float] = field(default_factory=list)
     bargein_click_db: list[float] = field(default_factory=list)
@@ -85,6 +90,13 @@ def _wait_speaking(system: System, rec: ObserverRecording, at: float) -> None:
         time.sleep(0.002)
 
 
+def _hang_up(system: System, out: Results) -> HangupStamps:
+    stamps = system.hangup()
+    out.hangups_sent += 1
+    out.crashed_on_hangup += int(stamps.crashed)
+    return stamps
+
+
 def _quiet(system: System, rec: ObserverRecording) -> None:
     if not wait_quiet(rec, QUIET_S, timeout=30):
         raise RuntimeError(f"{system.label}: the speaker never went quiet between calls")
@@ -99,7 +111,7 @@ def hangups(system: System, moments: list[float], out: Results) -> None:
             asked = system.start_call()
             first = _first_sound(system, asked)
             _wait_speaking(system, rec, first + offset)
-            stamps = system.hangup()
+            stamps = _hang_up(system, out)
             end = ending(rec, stamps.sent)
             if not end.speaking:
                 out.redone_in_pause += 1
@@ -107,6 +119,7 @@ def hangups(system: System, moments: list[float], out: Results) -> None:
             out.start.append(round((first - asked) * 1000, 2))
             assert end.silence_ms is not None
             out.hangup_silence.append(end.silence_ms)
+            out.hangup_crashed.append(stamps.crashed)
             if end.click_db is not None:
                 out.hangup_click_db.append(round(end.click_db, 2))
             if end.before_step:
@@ -129,7 +142,7 @@ def bargeins(system: System, moments: list[float], out: Results) -> None:
             first = _first_sound(system, asked)
             t_int = system.interrupt(first + offset)
             end = ending(rec, t_int)
-            system.hangup()
+            _hang_up(system, out)
             if not end.speaking:
                 out.redone_in_pause += 1
                 continue
@@ -160,7 +173,7 @@ def cpu_during_call(system: System, seconds: float, out: Results) -> None:
     cpu0, t0 = cpu_seconds(pid), time.monotonic()
     time.sleep(seconds)
     cpu1, t1 = cpu_seconds(pid), time.monotonic()
-    system.hangup()
+    _hang_up(system, out)
     out.cpu_percent = round((cpu1 - cpu0) / (t1 - t0) * 100, 2)
     out.cpu_seconds = round(t1 - t0, 1)
 

@@ -130,6 +130,9 @@ def markdown(summary: dict[str, Any], plot_names: list[str]) -> str:
         _row("Call start → first agent audio at the device", s, "start"),
         f"| CPU of the audio process during a call, % of one core | {cpu_cells} | "
         f"{cpu_verdict} |",
+        "| The system's own process died of a hangup | " + " | ".join(
+            f"{s[k].get('crashed_on_hangup', 0)} of {s[k].get('hangups_sent', 0)}"
+            for k, _ in SYSTEMS) + " | |",
         "",
         "Hang up → agent finished with a frozen service (the agent server's `--fault stall`) "
         "compares different things, so it stands apart: callctl's figure is the agent "
@@ -156,6 +159,10 @@ def markdown(summary: dict[str, Any], plot_names: list[str]) -> str:
                 "—" if not figure or not figure.get("n") else
                 f"median {figure['median']:.2f}, max {figure['max']:.2f} (n={figure['n']})")
             lines.append(f"* {title}, {label}: {text}")
+    for system, label in SYSTEMS:
+        if s[system].get("crashed_on_hangup"):
+            lines.append(f"* hangup → silence, {label}, only the hangups its process survived: "
+                         + dist(s[system].get("hangup_silence_survived")))
     lines += [""]
     for system, label in SYSTEMS:
         r = s[system]
@@ -250,3 +257,41 @@ def markdown(summary: dict[str, Any], plot_names: list[str]) -> str:
         "Raw figures: `bench.json` beside this file.",
     ]
     return "\n".join(lines) + "\n"
+
+
+README_BEGIN = "<!-- bench:begin (written by `make bench` from bench/results/bench.json) -->"
+README_END = "<!-- bench:end -->"
+
+
+def readme_block(summary: dict[str, Any]) -> str:
+    """The README's figures: the report's main table, from the same summary."""
+    s = summary["systems"]
+    header = " | ".join(label for _, label in SYSTEMS)
+    cpu = " | ".join("—" if s[k].get("cpu_percent") is None else f"{s[k]['cpu_percent']:.1f} %"
+                     for k, _ in SYSTEMS)
+    lines = [
+        README_BEGIN,
+        f"Measured {summary['when']} by `make bench`{' --quick' if summary['quick'] else ''}, "
+        "every system by the same procedure, with an external observer on the speaker "
+        "([bench/results/report.md](bench/results/report.md)); median / p99:",
+        "",
+        f"| figure | {header} |",
+        "|---|---|---|---|",
+        *[f"| {title} | " + " | ".join(cell(s[k].get(key), unit) for k, _ in SYSTEMS) + " |"
+          for title, key, unit in (
+              ("hang up → voice gone at the device", "hangup_silence", "ms"),
+              ("click at hangup (median / worst)", "hangup_click_db", "dB"),
+              ("barge-in → voice gone", "bargein_silence", "ms"),
+              ("hang up → agent finished", "agent_done", "ms"),
+              ("call start → first agent audio", "start", "ms"))],
+        f"| CPU of the audio process, % of a core | {cpu} |",
+        README_END,
+    ]
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, summary: dict[str, Any]) -> None:
+    """Replace the block between the README's bench markers (it must have them)."""
+    text = readme.read_text()
+    start, end = text.index(README_BEGIN), text.index(README_END) + len(README_END)
+    readme.write_text(text[:start] + readme_block(summary) + text[end:])

@@ -24,7 +24,7 @@ from typing import Any
 
 from bench import procedure
 from bench.harness import summarise
-from bench.report import markdown, plots
+from bench.report import markdown, plots, update_readme
 from bench.systems import System
 
 RESULTS = Path(__file__).parent / "results"
@@ -151,8 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("callctl", "sdk", "pipecat"):
         r = raw.get(key, {})
         systems[key] = {name: summarise(r.get(name, [])) for name in series}
+        systems[key]["hangup_silence_survived"] = summarise(
+            [v for v, died in zip(r.get("hangup_silence", []), r.get("hangup_crashed", []),
+                                  strict=True) if not died])
         for name in ("redone_in_pause", "given_up", "agent_killed", "cpu_percent",
-                     "cpu_seconds"):
+                     "cpu_seconds", "crashed_on_hangup", "hangups_sent"):
             systems[key][name] = r.get(name, 0 if name != "cpu_percent" else None)
     stall_sdk = frozen.get("sdk", [])
     summary: dict[str, Any] = {
@@ -175,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                                         + "\n")
     names = plots(raw, RESULTS)
     (RESULTS / "report.md").write_text(markdown(summary, names))
+    if not quick and only == {"callctl", "sdk", "pipecat"}:
+        update_readme(RESULTS.parents[1] / "README.md", summary)
     print()
     for key in ("callctl", "sdk", "pipecat"):
         s = systems[key]

@@ -23,11 +23,14 @@ class HangupStamps:
     process reaped, the SDK's ``wait_for_session_end()`` returned, Pipecat's
     pipeline task done; None if it did not within the system's bound.
     ``killed``: callctl killed the agent process (its 2 s bound).
+    ``crashed``: the process doing the audio died of the hangup itself.
     """
 
     sent: float
     agent_done_ms: float | None
     killed: bool = False
+    crashed: bool = False
+    """The system's process died of the hangup (Pipecat 1.14, see bench/pipecat_baseline.py)."""
 
 
 class System(Protocol):

@@ -104,6 +104,15 @@ class ChildSystem:
         self.pulse = PulseServer().start()
         self.observer = PlaybackObserver(self.pulse).start()
         self.child: LineChild | None = None
+        self._argv: list[str] = []
+        self._log: IO[Any] | None = None
+        self.crashes: list[int] = []
+        """Exit codes of children that died on a hangup (a new child replaced each)."""
+
+    def spawn(self, argv: Sequence[str], log: IO[Any]) -> None:
+        """Start the child (again, after a crash) with the server's environment."""
+        self._argv, self._log = list(argv), log
+        self.child = LineChild(self._argv, self.pulse.child_env(), log)
 
     def _child(self) -> LineChild:
         assert self.child is not None
@@ -121,7 +130,20 @@ class ChildSystem:
 
         child = self._child()
         sent = child.send("hangup")
-        line = child.expect("hungup", self.SESSION_BOUND_S + 20)
+        try:
+            line = child.expect("hungup", self.SESSION_BOUND_S + 20)
+        except ChildError:
+            try:  # its stdout closed: it is exiting, or already gone
+                code = child.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                raise ChildError("the baseline stopped answering after a hangup") from None
+            # The baseline died of its own hangup: what the user heard is still measured
+            # by the observer; the agent side never reported, and a new child takes over.
+            self.crashes.append(code)
+            assert self._log is not None
+            child.close()
+            self.child = LineChild(self._argv, self.pulse.child_env(), self._log)
+            return HangupStamps(sent, None, crashed=True)
         done = line.get("session_ended")
         return HangupStamps(sent, None if done is None else round((done - sent) * 1000, 2))
 

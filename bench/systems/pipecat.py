@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from bench.systems.child import ChildSystem, LineChild
+from bench.systems.child import ChildSystem
 
 BENCH = Path(__file__).resolve().parents[1]
 VENV_PYTHON = BENCH / ".venv-pipecat" / "bin" / "python"
@@ -41,9 +41,8 @@ class PipecatSystem(ChildSystem):
             if not VENV_PYTHON.exists():
                 raise RuntimeError(f"{VENV_PYTHON} missing: run bench/pipecat_venv.sh")
             wav = write_wav(workdir / "agent-speech.wav", speech)
-            self.child = LineChild(
-                [str(VENV_PYTHON), str(BENCH / "pipecat_baseline.py"), "--speech", str(wav)],
-                self.pulse.child_env(), log)
+            self.spawn([str(VENV_PYTHON), str(BENCH / "pipecat_baseline.py"),
+                        "--speech", str(wav)], log)
         except BaseException:
             self.close()
             raise

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from typing import IO, Any
 
-from bench.systems.child import ChildSystem, LineChild
+from bench.systems.child import ChildSystem
 from engine.agent_client import AgentServerProcess
 
 
@@ -28,10 +28,8 @@ class SdkSystem(ChildSystem):
             self.server = AgentServerProcess(list(server_args), stderr=subprocess.DEVNULL)
             self.base_url = self.server.wait_ready()
             self.caller_speech = caller_speech
-            self.child = LineChild(
-                [sys.executable, "-m", "bench.sdk_baseline", "--base-url", self.base_url,
-                 "--session-timeout", str(self.SESSION_BOUND_S)],
-                self.pulse.child_env(), log)
+            self.spawn([sys.executable, "-m", "bench.sdk_baseline", "--base-url", self.base_url,
+                        "--session-timeout", str(self.SESSION_BOUND_S)], log)
         except BaseException:
             self.close()
             raise
