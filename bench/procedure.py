@@ -2,6 +2,7 @@
 
 Per call, for every system alike:
 
+0. One warm-up call per system, not counted (``warm_up``).
 1. Wait until the observer has heard at least ``QUIET_S`` (0.5 s) of silence,
    so no call overlaps the next.
 2. Ask for a call; the observer's first sound after the request is the call
@@ -102,9 +103,20 @@ def _quiet(system: System, rec: ObserverRecording) -> None:
         raise RuntimeError(f"{system.label}: the speaker never went quiet between calls")
 
 
+def warm_up(system: System) -> None:
+    """One call, not counted, before a system's first measured one: every system's first
+    call pays for things a user pays once (connections, caches, the first stream)."""
+    rec = ObserverRecording(system.observer)
+    _quiet(system, rec)
+    asked = system.start_call()
+    _first_sound(system, asked)
+    system.hangup()
+
+
 def hangups(system: System, moments: list[float], out: Results) -> None:
     """One call per moment: hang up that long after the first sound heard."""
     rec = ObserverRecording(system.observer)
+    warm_up(system)
     for offset in moments:
         for _ in range(MAX_REDOS):
             _quiet(system, rec)

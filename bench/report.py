@@ -222,7 +222,8 @@ def markdown(summary: dict[str, Any], plot_names: list[str]) -> str:
         "talk to the same local agent server program (`callctl agent-server`); Pipecat, which "
         "has no client for that service, pushes the same greeting, rendered by the same "
         "espeak-ng voice, as output audio frames.",
-        "* **One call at a time** (`bench/procedure.py`). Before each call the observer must "
+        "* **One call at a time** (`bench/procedure.py`), after one warm-up call per system "
+        "that is not counted. Before each call the observer must "
         "have heard 0.5 s of silence. The call start figure is the request → the first "
         "sample above −60 dBFS the observer hears.",
         f"* **Hangups** ({summary['hangups']} per system) happen at the same offsets after "

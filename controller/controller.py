@@ -9,14 +9,16 @@ tick) bound each wait.
 
 Children (spawned from this thread: ``engine.lifeline`` ties their lives to
 it): the audio process (warm across calls, replaced if it dies), a standby
-agent process (imports done before the call), the call's agent process, and
-the local agent server when the agent is ``local``.
+agent process (imports done and, once ready, ``prepare``d for the default
+agent: its session built before the call), the call's agent process, and
+the local agent server when the agent is ``local`` (started with the
+controller, so the standby can be prepared for the first call).
 
-The hangup (DESIGN.md): the audio process silences and stops at once (one
-local request); the agent is told to end (a message that waits for nothing);
-the reply goes out; at ``kill_after`` seconds after the hangup arrived, an
-agent still alive is SIGKILLed and reaped; then ``call.ended`` carries the
-times of each step.
+The hangup (DESIGN.md): the agent is told to end (a message that waits for
+nothing, sent first); the audio process silences and stops at once (one
+local request); the reply goes out; at ``kill_after`` seconds after the
+hangup arrived, an agent still alive is SIGKILLed and reaped; then
+``call.ended`` carries the times of each step.
 """
 
 from __future__ import annotations
@@ -216,6 +218,9 @@ class Controller:
             self._start_audio()
             if on_ready is not None:
                 on_ready()
+            if self.config.agent == "local":
+                # Up before the first call, so the standby can be prepared for it.
+                self._spawn_server()
             if self.config.standby:
                 self._spawn_standby()
             while not (self._stopping and self.state not in (CallState.STARTING,
@@ -320,10 +325,38 @@ class Controller:
                          clone_voice=clone_voice.strip() if clone_voice else None)
         self.calls_started += 1
         if agent == "local" and (self.server is None or not self.server.alive()):
-            self.server = AgentServerProcess(self.config.agent_server_args,
-                                             stderr=self._log("agent-server"))
+            self._spawn_server()
         self._set_state(CallState.STARTING)
         return protocol.ok(call_id=call_id, state=self.state.value)
+
+    def _spawn_server(self) -> None:
+        self.server = AgentServerProcess(self.config.agent_server_args,
+                                         stderr=self._log("agent-server"))
+
+    def _session_fields(self, agent: str, base_url: str | None) -> dict[str, Any] | None:
+        """What the agent process is started (or prepared) with; None while unknown."""
+        if self.audio is None:
+            return None
+        if agent == "local":
+            if self.server is None or not self.server.poll_ready():
+                return None
+            base_url = self.server.base_url
+        return {"agent_id": agent, "rings": self.audio.ring_prefix, "base_url": base_url,
+                "requires_auth": self.has_key}
+
+    def _prepare_standby(self) -> None:
+        """Have a ready standby build the default agent's session before any call asks.
+
+        Sent again whenever those fields change (a new audio process, a
+        restarted local agent server); a call for another agent or service
+        simply finds the standby prepared for something else and builds anew.
+        """
+        standby = self.standby
+        if standby is None or not standby.ready:
+            return
+        fields = self._session_fields(self.config.agent, self.config.base_url)
+        if fields is not None and fields != standby.prepared:
+            standby.prepare(**fields)
 
     def _advance_start(self, call: Call) -> None:
         """One non-blocking step of ``starting``; called from every tick."""
@@ -357,9 +390,9 @@ class Controller:
             return
         call.audio_started = True
         self._audio_cache = None
-        base_url = self.server.base_url if call.agent == "local" and self.server else call.base_url
-        agent_id = "local" if call.agent == "local" else call.agent
-        standby.start(agent_id, self.audio.ring_prefix, base_url, self.has_key)
+        fields = self._session_fields(call.agent, call.base_url)
+        assert fields is not None  # the audio process answered and any local server is ready
+        standby.start(**fields)
         call.agent_started = True
         self.agent, self.standby = standby, None
         if self.config.standby:
@@ -430,6 +463,13 @@ class Controller:
         call.end_reason = reason
         self._failed = failed
         audio_reply = None
+        # The agent first: its end waits for nothing, and its exit (the close
+        # handshake with the service) then runs while the audio process fades.
+        if self.agent is not None:
+            self.agent.end()
+            call.kill_at = call.hangup_at + self.config.kill_after
+        else:
+            call.agent_exited_at = call.hangup_at
         if call.audio_started and self.audio is not None and self.audio.popen.poll() is None:
             try:
                 audio_reply = self.audio.request({"cmd": "hangup"}, timeout=0.5)
@@ -440,11 +480,6 @@ class Controller:
         else:
             call.audio_silent_at = call.stream_stopped_at = call.hangup_at
         self._audio_cache = None
-        if self.agent is not None:
-            self.agent.end()
-            call.kill_at = call.hangup_at + self.config.kill_after
-        else:
-            call.agent_exited_at = call.hangup_at
         self._set_state(CallState.ENDING, reason if failed else None)
         return audio_reply
 
@@ -502,6 +537,7 @@ class Controller:
         if self.standby is not None:
             if self.standby.alive():
                 self.standby.poke()
+                self._prepare_standby()
             elif not self._stopping:
                 self.standby.reap(0)
                 self.standby = None
@@ -529,10 +565,22 @@ class Controller:
         status = self._audio_status(max_age=0.0)
         if not status or not status.get("ok"):
             return
+        reopens = status.get("reopens") or []
+        seen = getattr(call, "device_reopens_seen", 0)
+        for entry in reopens[seen:]:
+            # A stream lost and reopened (or being reopened) by the device: the call goes on.
+            what = "reopened" if entry.get("reopened") else "lost, reopening"
+            self.publish(protocol.EVENT_ERROR, call_id=call.call_id, kind="device_reopened",
+                         message=f"audio stream {what}: {entry.get('error')}",
+                         gap_ms=entry.get("gap_ms"))
+        call.device_reopens_seen = len(reopens)  # type: ignore[attr-defined]
         if status.get("state") == "stopped" and call.audio_started:
-            # The device went away under us (sound server gone, device unplugged).
+            # The device went away under us and could not be reopened (3 failed
+            # reopens within 5 s on the pulse backend; at once on the others).
+            detail = status.get("last_device_error")
             self.publish(protocol.EVENT_ERROR, call_id=call.call_id,
-                         message="the audio device stopped (disconnected?)")
+                         message="the audio device stopped (disconnected?)"
+                         + (f": {detail}" if detail else ""))
             self._end_call("audio device lost", failed=True)
             return
         error = status.get("recording_error")

@@ -50,13 +50,19 @@ def add_controller_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-url", metavar="URL",
                         help="the agent service (default: $ELEVENLABS_BASE_URL, the config file, "
                         "else https://api.elevenlabs.io); regional endpoints go here")
-    parser.add_argument("--device", metavar="virtual|NAME|INDEX",
-                        help="audio device: 'virtual' (WAV files), a name or index from "
-                        "`callctl devices`; default: the system's default device")
+    parser.add_argument("--device", metavar="DEVICE",
+                        help="audio device (see `callctl devices`): 'pulse' (the sound "
+                        "server's default sink and source, natively: PulseAudio or PipeWire; "
+                        "honours $PULSE_SERVER, $PULSE_SINK, $PULSE_SOURCE), "
+                        "'pulse:SINK[,SOURCE]', 'portaudio:NAME|INDEX' (JACK, ALSA hardware, "
+                        "macOS, Windows), or 'virtual' (WAV files); default: 'pulse' on Linux "
+                        "when a sound server answers, else PortAudio's default")
     parser.add_argument("--input-device", metavar="NAME|INDEX",
-                        help="microphone, if not the --device one")
+                        help="microphone, if not the --device one (a PulseAudio source name "
+                        "with pulse)")
     parser.add_argument("--output-device", metavar="NAME|INDEX",
-                        help="speaker, if not the --device one")
+                        help="speaker, if not the --device one (a PulseAudio sink name with "
+                        "pulse)")
     parser.add_argument("--no-aec", action="store_true",
                         help="turn off echo cancellation (on by default; off for headsets)")
     parser.add_argument("--clone-voice", metavar="NAME",

@@ -40,6 +40,9 @@ class AgentProcess:
     Requests go out on a DEALER socket (``socket``, for the caller's poller)
     and never wait; ``read_replies`` collects what came back. ``ready`` turns
     true when the standby has answered a ``ping`` (its imports are done).
+    ``prepared`` is what the last ``prepare`` asked for (None before one):
+    the agent processes requests in order, so a ``start`` sent after a
+    ``prepare`` with the same fields finds the session built.
     """
 
     def __init__(self, control: str, events: str, stderr: IO[Any] | int | None = None,
@@ -63,6 +66,7 @@ class AgentProcess:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(control)
         self.ready = False
+        self.prepared: dict[str, Any] | None = None
         self.killed = False
         self.exited_at: float | None = None
         self._last_ping = 0.0
@@ -100,6 +104,13 @@ class AgentProcess:
                 self.ready = True
             replies.append(reply)
         return replies
+
+    def prepare(self, agent_id: str, rings: str, base_url: str | None,
+                requires_auth: bool) -> None:
+        """Have the standby build the session for these fields before the call."""
+        self.prepared = {"agent_id": agent_id, "rings": rings, "base_url": base_url,
+                         "requires_auth": requires_auth}
+        self.send({"cmd": "prepare", **self.prepared})
 
     def start(self, agent_id: str, rings: str, base_url: str | None, requires_auth: bool) -> None:
         self.send({"cmd": "start", "agent_id": agent_id, "rings": rings,

@@ -1,10 +1,13 @@
 """The agent process: one call's ``elevenlabs`` Conversation over the shared rings.
 
 One process per call. It starts as a *standby*: the SDK imported, the control
-socket bound, no session yet, so a call starts at once. ``start`` attaches
-the audio process's rings and opens the session; ``end`` calls
-``end_session()`` and the process exits once the session is over (the
-controller kills it if that takes more than its grace period)::
+socket bound, no session yet. ``prepare`` then builds everything that does
+not depend on the call — the audio process's rings attached, the SDK client,
+the ``Conversation`` with its audio interface, a signed URL when the agent
+needs one — so ``start`` only opens the websocket. ``end`` calls
+``end_session()``, sends the websocket's close to the service, and the
+process exits as soon as the service has answered the close (the controller
+kills it if that takes more than its grace period)::
 
     python -m engine.agent_process --control ipc://.../agent-1 --events ipc://.../events
 
@@ -25,6 +28,8 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -40,6 +45,56 @@ from engine.ring_audio import RingAudioInterface
 EXPECTED_FORMAT = "pcm_16000"
 HTTP_TIMEOUT = 10.0
 """Seconds for the SDK's HTTP calls (the signed URL); its default is minutes."""
+SIGNED_URL_MAX_AGE = 240.0
+"""Seconds a prefetched signed URL is used for (ElevenLabs' are valid for 15 minutes);
+an older one is fetched again in the background, and ``start`` never uses a stale one."""
+SDK_THREAD_JOIN = 1.0
+"""Bound on waiting for the SDK's thread once the close handshake is over, seconds."""
+IDLE_POLL_MS = 1000
+"""The control loop's longest sleep; the session's end wakes it at once (``Wakeup``)."""
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """What a session depends on before the call: ``prepare`` and ``start`` both carry it."""
+
+    agent_id: str
+    rings: str
+    base_url: str | None
+    requires_auth: bool
+
+    @classmethod
+    def from_request(cls, request: dict[str, Any], default_base_url: str | None) -> SessionSpec:
+        base_url = request.get("base_url") or default_base_url
+        return cls(str(request["agent_id"]), str(request["rings"]),
+                   str(base_url).rstrip("/") if base_url else None,
+                   bool(request.get("requires_auth")))
+
+
+class Wakeup:
+    """A pipe the control loop polls beside its socket, so another thread can wake it."""
+
+    def __init__(self) -> None:
+        self.read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self._write_fd, False)
+
+    def set(self) -> None:
+        try:
+            os.write(self._write_fd, b"!")
+        except BlockingIOError:
+            pass  # already pending: one wake is enough
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.read_fd, 64):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        os.close(self.read_fd)
+        os.close(self._write_fd)
 
 
 class EventPusher:
@@ -79,12 +134,58 @@ class RedactKey(logging.Filter):
 
 
 class CheckedConversation(Conversation):
-    """The SDK's Conversation, plus the check it does not make: the agent's
-    output audio format (named in the initiation metadata) must be what the
-    rings carry. Anything else would play as noise, so the session ends."""
+    """The SDK's Conversation, plus what it does not do for us.
+
+    * The check it does not make: the agent's output audio format (named in
+      the initiation metadata) must be what the rings carry. Anything else
+      would play as noise, so the session ends.
+    * Hooks instead of polling: ``on_conversation`` runs (on the SDK's
+      thread) once the conversation id is known, ``on_thread_exit`` when the
+      SDK's session thread is about to end, whatever ended it.
+    * A signed URL fetched before the call (``prefetch_signed_url``) is used
+      by ``start_session`` if younger than ``SIGNED_URL_MAX_AGE``; otherwise
+      the SDK fetches one itself, as it always does.
+    """
 
     format_error: str | None = None
     output_format: str | None = None
+    on_conversation: Callable[[], None] | None = None
+    on_thread_exit: Callable[[], None] | None = None
+    _signed: tuple[str, float] | None = None
+    _prefetching: threading.Thread | None = None
+
+    def prefetch_signed_url(self) -> None:
+        """Fetch a signed URL on a thread of its own (a failure is left for ``start`` to meet)."""
+        if self._prefetching is not None and self._prefetching.is_alive():
+            return
+
+        def fetch() -> None:
+            try:
+                self._signed = (super(CheckedConversation, self)._get_signed_url(),
+                                time.monotonic())
+            except Exception:  # noqa: BLE001 - start_session fetches again and reports it
+                self._signed = None
+
+        self._prefetching = threading.Thread(target=fetch, name="signed-url", daemon=True)
+        self._prefetching.start()
+
+    def signed_url_age(self) -> float | None:
+        signed = self._signed
+        return None if signed is None else time.monotonic() - signed[1]
+
+    def _get_signed_url(self) -> str:
+        signed, self._signed = self._signed, None  # a signed URL opens one conversation
+        if signed is not None and time.monotonic() - signed[1] < SIGNED_URL_MAX_AGE:
+            return signed[0]
+        url: str = super()._get_signed_url()
+        return url
+
+    def _run(self, ws_url: str) -> None:
+        try:
+            super()._run(ws_url)
+        finally:
+            if self.on_thread_exit is not None:
+                self.on_thread_exit()
 
     def _handle_message(self, message: Any, ws: Any) -> None:
         if isinstance(message, dict) and message.get("type") == "conversation_initiation_metadata":
@@ -95,28 +196,46 @@ class CheckedConversation(Conversation):
                                      f"callctl plays {EXPECTED_FORMAT!r}")
                 self._end_session(DisconnectionDetails(reason="error", message=self.format_error))
                 return
+            super()._handle_message(message, ws)
+            if self.on_conversation is not None:
+                self.on_conversation()
+            return
         super()._handle_message(message, ws)
 
 
 class AgentSession:
-    """One conversation. Created on ``start``; control thread calls ``end``."""
+    """One conversation, built before the call (``prepare``) or at ``start``.
 
-    def __init__(self, credentials: Credentials, agent_id: str, rings: str,
-                 events: EventPusher, requires_auth: bool) -> None:
+    The constructor does everything that does not depend on the call: the
+    rings attached, the audio interface, the SDK client, the Conversation
+    (and, with ``requires_auth``, a signed URL fetched in the background).
+    ``start`` opens the websocket; ``end`` ends it; ``ended`` is set, and
+    ``wakeup`` fired, when the SDK's session thread is done.
+    """
+
+    def __init__(self, credentials: Credentials, spec: SessionSpec, events: EventPusher,
+                 wakeup: Wakeup | None = None) -> None:
+        self.spec = spec
         self.events = events
-        play_name, cap_name = ring_names(rings)
+        self.wakeup = wakeup
+        self.started = False
+        self.ended = threading.Event()
+        play_name, cap_name = ring_names(spec.rings)
         self.playback = AudioRing.attach(play_name)
-        self.capture = AudioRing.attach(cap_name)
+        try:
+            self.capture = AudioRing.attach(cap_name)
+        except BaseException:
+            self.playback.close()
+            raise
         self.audio = RingAudioInterface(
             self.playback, self.capture,
             on_interrupt=lambda dropped: events.emit(protocol.AGENT_INTERRUPTION,
                                                      dropped_frames=dropped))
-        client = ElevenLabs(api_key=credentials.api_key, base_url=credentials.base_url,
+        client = ElevenLabs(api_key=credentials.api_key, base_url=spec.base_url,
                             timeout=HTTP_TIMEOUT)
-        self.ended = threading.Event()
         self.conversation = CheckedConversation(
-            client, agent_id,
-            requires_auth=requires_auth,
+            client, spec.agent_id,
+            requires_auth=spec.requires_auth,
             audio_interface=self.audio,
             callback_agent_response=lambda text: events.emit(protocol.AGENT_RESPONSE, text=text),
             callback_user_transcript=lambda text: events.emit(protocol.AGENT_USER_TRANSCRIPT,
@@ -124,16 +243,46 @@ class AgentSession:
             callback_latency_measurement=lambda ms: events.emit(protocol.AGENT_LATENCY, ms=ms),
             callback_disconnect=self._on_disconnect,
         )
-        self._watcher = threading.Thread(target=self._watch, name="session-watch", daemon=True)
+        self.conversation.on_conversation = self._on_conversation
+        self.conversation.on_thread_exit = self._on_thread_exit
+        if spec.requires_auth:
+            self.conversation.prefetch_signed_url()
 
     def start(self) -> None:
         self.conversation.start_session()
-        self._watcher.start()
+        self.started = True
+
+    def refresh(self) -> None:
+        """Before the call: fetch a new signed URL when the one held is getting old."""
+        conv = self.conversation
+        if self.spec.requires_auth and not self.started:
+            age = conv.signed_url_age()
+            if age is None or age > SIGNED_URL_MAX_AGE / 2:
+                conv.prefetch_signed_url()
 
     def end(self) -> None:
-        """Ask the SDK to end; returns at once (``end_session`` runs on a thread)."""
-        threading.Thread(target=self.conversation.end_session, name="end-session",
-                         daemon=True).start()
+        """End the session; returns at once (the work runs on a thread).
+
+        ``end_session()`` stops the audio interface and tells the SDK's loop
+        to stop — but that loop only looks between ``recv(timeout=0.5)``
+        calls, and closes the websocket after it. So the close is sent here
+        too, at once: the service learns the session ended, and its answer
+        wakes the SDK's ``recv``, so the SDK's thread ends within a round
+        trip instead of up to half a second later. A service that never
+        answers holds the close for the websocket's close timeout; the
+        controller's kill bounds that.
+        """
+        threading.Thread(target=self._end, name="end-session", daemon=True).start()
+
+    def _end(self) -> None:
+        conv = self.conversation
+        ws = conv._ws  # end_session() forgets it
+        conv.end_session()
+        if ws is not None:
+            try:
+                ws.close()
+            except Exception:  # noqa: BLE001 - the socket is already broken: nobody to tell
+                pass
 
     def _on_disconnect(self, details: DisconnectionDetails) -> None:
         conv = self.conversation
@@ -142,22 +291,21 @@ class AgentSession:
                          close_code=details.close_code, close_reason=details.close_reason,
                          message=message)
 
-    def _watch(self) -> None:
-        """Report the conversation id once known; mark the end when the SDK thread exits."""
+    def _on_conversation(self) -> None:
         conv = self.conversation
-        reported = False
-        while True:
-            thread = conv._thread
-            if not reported and conv._conversation_id:
-                self.events.emit(protocol.AGENT_CONVERSATION,
-                                 conversation_id=conv._conversation_id,
-                                 output_format=conv.output_format)
-                reported = True
-            if thread is None or not thread.is_alive():
-                break
-            time.sleep(0.02)
-        self.events.emit(protocol.AGENT_ENDED, conversation_id=conv._conversation_id)
+        self.events.emit(protocol.AGENT_CONVERSATION, conversation_id=conv._conversation_id,
+                         output_format=conv.output_format)
+
+    def _on_thread_exit(self) -> None:
+        self.events.emit(protocol.AGENT_ENDED, conversation_id=self.conversation._conversation_id)
         self.ended.set()
+        if self.wakeup is not None:
+            self.wakeup.set()
+
+    def wait_sdk_thread(self, timeout: float) -> None:
+        thread = self.conversation._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -169,21 +317,43 @@ class AgentSession:
 
     def close(self) -> None:
         self.audio.stop()
+        if not self.started:
+            self.conversation.client_tools.stop()  # end_session() would have stopped it
         self.playback.close()
         self.capture.close()
 
 
 def serve(socket: zmq.Socket, credentials: Credentials, events: EventPusher) -> int:
-    """The control loop: standby until ``start``, in call until the session ends."""
+    """The control loop: standby (maybe prepared) until ``start``, in call until the session ends.
+
+    Returns the exit code as soon as the session's thread has ended (woken
+    through a ``Wakeup``, not by polling), or at once on ``end`` in standby.
+    """
+    wakeup = Wakeup()
+    try:
+        return _serve(socket, credentials, events, wakeup)
+    finally:
+        wakeup.close()
+
+
+def _serve(socket: zmq.Socket, credentials: Credentials, events: EventPusher,
+           wakeup: Wakeup) -> int:
     session: AgentSession | None = None
     state = "standby"
     poller = zmq.Poller()
     poller.register(socket, zmq.POLLIN)
+    poller.register(wakeup.read_fd, zmq.POLLIN)
     while True:
         if session is not None and session.ended.is_set():
+            session.wait_sdk_thread(SDK_THREAD_JOIN)
             session.close()
             return 0
-        if not poller.poll(50):
+        ready = dict(poller.poll(IDLE_POLL_MS))
+        if wakeup.read_fd in ready:
+            wakeup.drain()
+        if session is not None and state == "standby":
+            session.refresh()
+        if socket not in ready:
             continue
         frame = socket.recv()
         try:
@@ -196,33 +366,40 @@ def serve(socket: zmq.Socket, credentials: Credentials, events: EventPusher) -> 
         if cmd == "ping":
             reply = protocol.ok(protocol=protocol.PROTOCOL_VERSION)
         elif cmd == "status":
-            reply = protocol.ok(state=state, **(session.status() if session else {}))
-        elif cmd == "start":
-            if session is not None:
-                reply = protocol.error("start: this agent process already has a session")
+            reply = protocol.ok(state=state, prepared=session is not None and state == "standby",
+                                **(session.status() if session else {}))
+        elif cmd in ("prepare", "start"):
+            if state != "standby":
+                reply = protocol.error(f"{cmd}: this agent process already has a session")
             else:
+                spec = SessionSpec.from_request(request, credentials.base_url)
                 try:
-                    if request.get("base_url"):
-                        credentials = Credentials(credentials.api_key, credentials.agent_id,
-                                                  str(request["base_url"]).rstrip("/"))
-                    session = AgentSession(credentials, request["agent_id"], request["rings"],
-                                           events, bool(request.get("requires_auth")))
-                    session.start()
-                    state = "in_call"
-                    reply = protocol.ok()
-                except Exception as exc:  # a bad URL, the service refusing the key, ...
-                    message = f"start failed: {exc}"
-                    events.emit(protocol.AGENT_ERROR, message=message)
+                    if session is not None and session.spec != spec:
+                        session.close()  # prepared for another agent, service or audio process
+                        session = None
+                    if session is None:
+                        session = AgentSession(credentials, spec, events, wakeup)
+                    if cmd == "start":
+                        session.start()
+                        state = "in_call"
+                    reply = protocol.ok(prepared=True) if cmd == "prepare" else protocol.ok()
+                except Exception as exc:  # a bad URL, rings gone, the service refusing the key
+                    message = f"{cmd} failed: {exc}"
+                    if cmd == "start":
+                        events.emit(protocol.AGENT_ERROR, message=message)
                     reply = protocol.error(message)
                     if session is not None:
                         session.close()
                     session = None
         elif cmd == "end":
-            if session is None:
+            if session is None or state == "standby":
+                if session is not None:
+                    session.close()
                 socket.send(protocol.encode(protocol.ok(state="standby")))
                 return 0
-            state = "ending"
-            session.end()
+            if state != "ending":
+                state = "ending"
+                session.end()
             reply = protocol.ok(state=state)
         else:
             reply = protocol.error(f"{cmd}: not handled by the agent process")
@@ -283,5 +460,24 @@ def main(argv: list[str] | None = None) -> int:
         ctx.term()
 
 
+def exit_now(code: int) -> None:
+    """Leave without the interpreter's teardown.
+
+    Once ``main`` returns, the session is over, the rings detached and the
+    last events sent (the context's linger); what is left is Python freeing
+    the elevenlabs SDK's modules, measured at 100–300 ms on a 2-core
+    machine — all of it between the hangup and the agent's exit. Nothing in
+    it is ours to wait for: the rings were attached without the resource
+    tracker, and logging and stdio are flushed here.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -44,6 +44,11 @@ CAPTURE_CAPACITY = 1 << 15
 """Capture ring, frames: 2 s at 16 kHz of slack for the agent's input thread."""
 
 
+PULSE_FADE_MS = 6.0
+"""The native PulseAudio backend's hangup fade: it fades what the server is playing, so
+silence is this fade plus at most a render block (tests/engine/test_device_pulse.py)."""
+
+
 def ring_names(prefix: str) -> tuple[str, str]:
     """Shared-memory names of the (playback, capture) rings for ``prefix``."""
     return f"{prefix}-play", f"{prefix}-cap"
@@ -80,7 +85,7 @@ class AudioEngine:
         self.playback = playback
         self.capture = capture
         core_period = max(1, device.period_frames * SAMPLE_RATE // device.rate)
-        fade = min(round(fade_seconds * SAMPLE_RATE), core_period)
+        fade = round(fade_seconds * SAMPLE_RATE)
         max_core = core_period + 64
         self.callback = DuplexCallback(playback, capture, max_core, fade_frames=fade)
         bridge = RateBridge(self.callback.process, device.rate, device.period_frames)
@@ -117,9 +122,7 @@ class AudioEngine:
             if cmd == "ping":
                 return protocol.ok(protocol=protocol.PROTOCOL_VERSION)
             if cmd == "devices":
-                from engine.devices.portaudio import list_devices
-
-                return protocol.ok(devices=list_devices())
+                return protocol.ok(devices=list_all_devices())
         except (DeviceError, OSError) as exc:
             return protocol.error(f"{cmd} failed: {exc}")
         return protocol.error(f"{cmd}: not handled by the audio process")
@@ -129,13 +132,17 @@ class AudioEngine:
         return protocol.ok(
             state="running" if self.device.running else "stopped",
             device=self.device.name,
+            backend=self.device.backend,
+            **self.device.status(),
             device_rate=self.device.rate,
             period_frames=self.device.period_frames,
             output_latency_ms=round(self.device.output_latency * 1000, 2),
+            input_latency_ms=round(self.device.input_latency * 1000, 2),
             rings={"playback": self.playback.name, "capture": self.capture.name},
             playback_queued=self.playback.available(),
             levels={"in_dbfs": _round(dbfs(cb.peak_in)), "out_dbfs": _round(dbfs(cb.peak_out))},
-            xruns={"device": cb.device_xruns, "playback_underruns": self.playback.underruns,
+            xruns={"device": cb.device_xruns, "gap_periods": cb.gap_periods,
+                   "playback_underruns": self.playback.underruns,
                    "capture_overruns": self.capture.overruns},
             recording=str(self.recording) if self.recording else None,
             recording_error=self._recorder.error if self._recorder else None,
@@ -177,21 +184,38 @@ class AudioEngine:
         """Silence from the next period (after the fade), ring zeroed, stream stopped.
 
         Replies with its own times (``time.monotonic()`` seconds, comparable
-        across processes on Linux): ``received_at``, ``first_silent_at`` (the
-        start of the period that faded to zero), ``stopped_at``.
+        across processes on Linux): ``received_at``, ``first_silent_at``,
+        ``stopped_at``. ``first_silent_at`` is, on a device that cuts at the
+        device (``cuts_at_device``: the native PulseAudio backend), the moment
+        its fade's last sample plays as the server reports it; otherwise the
+        start of the period the callback faded to zero. ``cut_by`` says which
+        ("device" or "callback").
         """
         received = time.monotonic()
         cb = self.callback
         was_running = self.device.running
-        if was_running:
+        device_cut: float | None = None
+        # Bounded: a stalled device must not stall the hangup.
+        timeout = max(0.25, 20 * self.device.period_frames / self.device.rate)
+        if was_running and self.device.cuts_at_device:
+            # The device's audio thread fades what is playing now and stops; the
+            # callback never runs again, so its ring flush below is the control
+            # thread's (the stream is stopped: it is the reader now).
             cb.request_hangup()
-            # Bounded: a stalled device must not stall the hangup.
-            deadline = received + max(0.25, 20 * self.device.period_frames / self.device.rate)
+            device_cut = self.device.fade_stop(timeout)
+        elif was_running:
+            cb.request_hangup()
+            deadline = received + timeout
             while cb.first_silent_at is None and time.monotonic() < deadline:
                 time.sleep(0.0005)
             self.device.stop()
         stopped = time.monotonic()
-        silent = cb.first_silent_at if cb.first_silent_at is not None else stopped
+        if device_cut is not None:
+            silent, cut_by = device_cut, "device"
+        elif cb.first_silent_at is not None:
+            silent, cut_by = cb.first_silent_at, "callback"
+        else:
+            silent, cut_by = stopped, "stop"
         cb.recorder = None
         self.playback.flush()
         recorder, self._recorder = self._recorder, None
@@ -206,6 +230,7 @@ class AudioEngine:
             "silent_ms": round((silent - received) * 1000, 2),
             "stopped_ms": round((stopped - received) * 1000, 2),
             "was_running": was_running,
+            "cut_by": cut_by,
             "recording": str(self.recording) if self.recording else None,
         }
         return protocol.ok(**self.last_hangup)
@@ -250,19 +275,66 @@ def serve(engine: AudioEngine, socket: zmq.Socket, stop: threading.Event | None 
         socket.send(protocol.encode(engine.handle(request)))
 
 
+def list_all_devices() -> list[dict[str, Any]]:
+    """Both kinds, for the ``devices`` command: the sound server's, then PortAudio's.
+
+    Each entry has ``backend``, ``device`` (the ``--device`` value) and ``name``.
+    """
+    from engine.devices.pulse import list_devices as pulse_devices
+
+    devices = pulse_devices()
+    try:
+        from engine.devices.portaudio import list_devices as portaudio_devices
+
+        devices += portaudio_devices()
+    except (ImportError, OSError) as exc:
+        devices.append({"backend": "portaudio", "device": None, "name": f"unavailable: {exc}",
+                        "inputs": 0, "outputs": 0, "default_rate": 0})
+    return devices
+
+
+def default_backend() -> str:
+    """``pulse`` on Linux when a PulseAudio-protocol server answers, else ``portaudio``."""
+    if sys.platform.startswith("linux"):
+        from engine.devices.pulse import server_answers
+
+        if server_answers():
+            return "pulse"
+    return "portaudio"
+
+
 def open_device(args: argparse.Namespace) -> AudioDevice:
-    """The device the command line names: ``virtual``, an index, a name, or the default."""
-    if args.device == "virtual":
+    """The device the command line names (see ``engine.devices``); DeviceError if it can't."""
+    spec: str | None = args.device
+    if spec == "virtual":
         from engine.devices.virtual import VirtualDevice
 
+        rate = args.virtual_rate
         return VirtualDevice(
-            mic=args.mic, speaker=args.speaker, rate=args.virtual_rate,
-            period_frames=round(args.period_ms / 1000 * args.virtual_rate), echo=args.echo,
+            mic=args.mic, speaker=args.speaker, rate=rate,
+            period_frames=round((args.period_ms or 10.0) / 1000 * rate), echo=args.echo,
         )
+    if spec is None:
+        spec = default_backend()
+    if spec == "pulse" or spec.startswith("pulse:"):
+        from engine.devices.pulse import PulseDevice, parse_spec
+
+        sink, source = parse_spec(spec)
+        fade_ms = PULSE_FADE_MS if args.fade_ms is None else args.fade_ms
+        return PulseDevice(sink=args.output_device or sink, source=args.input_device or source,
+                           period_seconds=(args.period_ms or 5.0) / 1000,
+                           fade_seconds=fade_ms / 1000)
+    if spec == "portaudio":
+        name: str | None = None
+    elif spec.startswith("portaudio:"):
+        name = spec[len("portaudio:"):] or None
+    else:
+        name = spec  # a bare PortAudio name or index, as before the pulse backend
     from engine.devices.portaudio import PortAudioDevice
 
-    return PortAudioDevice(args.device, period_seconds=args.period_ms / 1000, verbose=args.verbose,
-                           input_device=args.input_device, output_device=args.output_device)
+    return PortAudioDevice(name, period_seconds=(args.period_ms or 10.0) / 1000,
+                           verbose=args.verbose, input_device=args.input_device,
+                           output_device=args.output_device)
 
 
 def parse_echo(text: str) -> tuple[float, float, float | None]:
@@ -299,9 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control", required=True, help="ZeroMQ endpoint to bind (REP)")
     p.add_argument("--rings", default=None, help="shared-memory name prefix for the rings")
     p.add_argument("--device", default=None,
-                   help="'virtual', a PortAudio device index or name; default: system default")
-    p.add_argument("--input-device", default=None, help="PortAudio microphone (index or name)")
-    p.add_argument("--output-device", default=None, help="PortAudio speaker (index or name)")
+                   help="'pulse' or 'pulse:SINK[,SOURCE]' (native PulseAudio/PipeWire), "
+                   "'portaudio' or 'portaudio:NAME|INDEX', or 'virtual'; default: pulse on "
+                   "Linux when a sound server answers, else PortAudio's default")
+    p.add_argument("--input-device", default=None,
+                   help="microphone: a PulseAudio source, or a PortAudio index or name")
+    p.add_argument("--output-device", default=None,
+                   help="speaker: a PulseAudio sink, or a PortAudio index or name")
     p.add_argument("--no-aec", action="store_true",
                    help="no echo cancellation on the microphone (it is on by default)")
     p.add_argument("--no-noise-suppression", action="store_true",
@@ -314,17 +390,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--echo", type=parse_echo, default=None,
                    help="virtual device: echo path DELAY_MS:GAIN_DB[:LOWPASS_HZ] (the speaker "
                    "back into the mic, delayed at least one period, attenuated, low-passed)")
-    p.add_argument("--period-ms", type=float, default=10.0, help="device period (default 10)")
-    p.add_argument("--fade-ms", type=float, default=5.0,
-                   help="hangup fade, at most 5 ms (default 5)")
+    p.add_argument("--period-ms", type=float, default=None,
+                   help="device period (default 5 on pulse, 10 otherwise)")
+    p.add_argument("--fade-ms", type=float, default=None,
+                   help="hangup fade, 0-50 ms (default 6 on pulse, where the device fades "
+                   "what it was playing; 10 elsewhere, where the callback fades the ring)")
     p.add_argument("--verbose", action="store_true", help="show PortAudio's own messages")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not 0 <= args.fade_ms <= 5:
-        print("audio process: --fade-ms must be between 0 and 5", file=sys.stderr)
+    if args.fade_ms is not None and not 0 <= args.fade_ms <= 50:
+        print("audio process: --fade-ms must be between 0 and 50", file=sys.stderr)
         return 2
     lifeline.die_with_parent()
     prefix = args.rings or f"callctl-audio-{lifeline.os.getpid()}"
@@ -341,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
             except (DeviceError, ValueError) as exc:
                 print(f"audio process: {exc}", file=sys.stderr)
                 return 1
-            engine = AudioEngine(device, playback, capture, fade_seconds=args.fade_ms / 1000,
+            fade_s = DEFAULT_FADE_SECONDS if args.fade_ms is None else args.fade_ms / 1000
+            engine = AudioEngine(device, playback, capture, fade_seconds=fade_s,
                                  aec=not args.no_aec,
                                  noise_suppression=not args.no_noise_suppression)
             try:

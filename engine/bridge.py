@@ -19,7 +19,15 @@ import numpy as np
 from engine.ring import SAMPLE_RATE
 
 PeriodHandler = Callable[[np.ndarray, np.ndarray, int], None]
-"""``handler(mic, out, device_status)``: int16 arrays at the device rate, ``out`` to fill."""
+"""``handler(mic, out, device_status)``: int16 arrays at the device rate, ``out`` to fill.
+
+``device_status`` is PortAudio's status flags (under/overflow, bits 0-4), or
+``DEVICE_GAP``."""
+
+DEVICE_GAP = 0x100
+"""Status flag: this period stands for time the device did not run (its stream was lost
+and has been reopened). ``mic`` is silence and ``out`` is discarded, so the handler must
+not consume playback for it; it exists so that recordings stay aligned with wall time."""
 
 
 class RateBridge:

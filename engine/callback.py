@@ -28,10 +28,14 @@ from typing import Protocol
 
 import numpy as np
 
+from engine.bridge import DEVICE_GAP
+from engine.fade import fade_curve
 from engine.recorder import CallRecorder
 from engine.ring import SAMPLE_RATE, AudioRing
 
-DEFAULT_FADE_SECONDS = 0.005
+DEFAULT_FADE_SECONDS = 0.010
+"""The hangup fade on the callback path (PortAudio, virtual), seconds: one 10 ms period,
+with ``engine.fade``'s quiet tail, so its last millisecond is 30 dB down."""
 
 
 class EchoFeed(Protocol):
@@ -40,18 +44,6 @@ class EchoFeed(Protocol):
     def feed(self, mic: np.ndarray, ref: np.ndarray) -> None:
         """Audio thread: the raw ``mic`` and the ``ref`` sent to the speaker (int16, same
         length). Must not lock, block or allocate."""
-
-
-def fade_curve(frames: int) -> np.ndarray:
-    """Raised-cosine gains from just below 1 down to exactly 0 (float32, ``frames`` long).
-
-    The last gain is 0.0, so the faded signal meets the silence after it with
-    no step.
-    """
-    if frames <= 0:
-        return np.zeros(0, np.float32)
-    i = np.arange(1, frames + 1, dtype=np.float64)
-    return (0.5 * (1.0 + np.cos(np.pi * i / frames))).astype(np.float32)
 
 
 def dbfs(peak: float) -> float:
@@ -76,6 +68,8 @@ class DuplexCallback:
         """Set once, before the stream first starts; None: the mic goes straight to capture."""
         self._fade = fade_curve(fade_frames)
         self._fade_buf = np.zeros(len(self._fade), np.float32)
+        self._fade_pos = 0
+        """Frames of the hangup fade already played (audio thread)."""
         self.max_period_frames = max_period_frames
         # Requests from the control thread: counters the callback catches up with.
         self._flush_requests = 0
@@ -87,6 +81,8 @@ class DuplexCallback:
         self.last_flush_dropped = 0
         self.periods = 0
         self.device_xruns = 0
+        self.gap_periods = 0
+        """Periods the device stood for lost time (``DEVICE_GAP``): silence both ways."""
         self.peak_in = 0
         self.peak_out = 0
         self.last_sound_out_at: float | None = None
@@ -108,6 +104,7 @@ class DuplexCallback:
     def rearm(self) -> None:
         """Before a new call (stream stopped): clear hangup state and counters."""
         self._hangup = False
+        self._fade_pos = 0
         self.silent = False
         self.first_silent_at = None
         self.last_sound_out_at = None
@@ -118,20 +115,31 @@ class DuplexCallback:
     def process(self, mic: np.ndarray, out: np.ndarray, device_status: int = 0) -> None:
         """One period: ``mic`` (int16, read-only) in, ``out`` (int16, same length) filled."""
         self.periods += 1
-        if device_status:
+        gap = device_status & DEVICE_GAP
+        if gap:
+            self.gap_periods += 1
+        elif device_status:
             self.device_xruns += 1
         if self._flush_seen != self._flush_requests:
             self._flush_seen = self._flush_requests
             self.last_flush_dropped = self.playback.flush()
 
-        if self._hangup:
+        if gap:
+            # Nothing played during a device gap: keep the agent's audio for when the
+            # device is back, and record silence so the channels keep wall time.
+            out[:] = 0
+            if self._hangup:
+                self.playback.flush()
+        elif self._hangup:
             if not self.silent:
-                self._fade_out(out)
-                self.silent = True
-                self.first_silent_at = time.monotonic()
+                start = time.monotonic()
+                if self._fade_out(out):
+                    self.silent = True
+                    self.first_silent_at = start
+                    self.playback.flush()
             else:
                 out[:] = 0
-            self.playback.flush()
+                self.playback.flush()
         else:
             self.playback.read_into(out)
 
@@ -148,13 +156,20 @@ class DuplexCallback:
         if self.peak_out > 33:  # above -60 dBFS
             self.last_sound_out_at = time.monotonic()
 
-    def _fade_out(self, out: np.ndarray) -> None:
-        """The hangup period: at most ``len(fade)`` frames of faded audio, then zeros."""
-        n = min(len(self._fade), len(out))
+    def _fade_out(self, out: np.ndarray) -> bool:
+        """A hangup period: the next frames of the fade over what the ring holds, then zeros.
+
+        The fade may span several periods (it continues where the last period
+        left it). Returns True in the period where it reached zero.
+        """
+        pos = self._fade_pos
+        n = min(len(self._fade) - pos, len(out))
         got = self.playback.read_into(out[:n])
         if got:
             buf = self._fade_buf[:n]
-            np.multiply(out[:n], self._fade[:n], out=buf)
+            np.multiply(out[:n], self._fade[pos : pos + n], out=buf)
             np.rint(buf, out=buf)
             out[:n] = buf
         out[n:] = 0
+        self._fade_pos = pos + n
+        return self._fade_pos >= len(self._fade)

@@ -84,6 +84,14 @@ AGENT_COMMANDS: dict[str, dict[str, Field]] = {
         "base_url": Field(_OPT_STR),
         "requires_auth": Field((bool,)),
     },
+    # {"cmd": "prepare", same fields as start} -> {"ok": true}: build everything that does
+    # not depend on the call (rings attached, client, Conversation) while in standby
+    "prepare": {
+        "agent_id": Field((str,), required=True),
+        "rings": Field((str,), required=True),
+        "base_url": Field(_OPT_STR),
+        "requires_auth": Field((bool,)),
+    },
     # {"cmd": "end"} -> {"ok": true} at once; the process exits when the session has ended
     "end": {},
 }

@@ -386,6 +386,44 @@ class PulseServer:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._daemon.wait(timeout=5.0)
 
+    def restart(self) -> None:
+        """Kill the daemon (SIGKILL) and start a new one on the same socket, with the same
+        sinks and fresh keepers: a sound server that crashed and came back.
+
+        Bounded by ``start_timeout`` seconds; raises ``PulseServerError`` on failure.
+        """
+        self.kill()
+        for proc in list(self._procs):  # the old keepers lost their server
+            _reap(proc, term_timeout=1.0, kill_timeout=1.0)
+            self._procs.remove(proc)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        deadline = time.monotonic() + self.start_timeout
+        self._daemon = self._spawn_daemon(_which("pulseaudio"))
+        self._wait_ready(deadline)
+        for sink in (self.sink, self.mic_sink):
+            self._attach_keeper(_which("parec"), sink, deadline)
+
+    def kill_sink_input(self, index: int | str, timeout: float = _PACTL_TIMEOUT) -> None:
+        """Kill playback stream ``index`` (``pactl list short sink-inputs``), as a mixer can.
+
+        ``pactl`` has no such command; the daemon's CLI protocol has, so this loads
+        ``module-cli-protocol-unix`` once and sends ``kill-sink-input`` on its socket.
+        """
+        import socket
+
+        if self.tmpdir is None:
+            raise PulseServerError("server not started")
+        path = self.tmpdir / "runtime" / "cli"
+        if not path.exists():
+            self.pactl("load-module", "module-cli-protocol-unix", f"socket={path}")
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            sock.sendall(f"kill-sink-input {index}\n".encode())
+            time.sleep(0.05)  # the CLI answers only on error; let it read before we hang up
+
     # -- queries and helpers ---------------------------------------------------
 
     def log(self) -> str:

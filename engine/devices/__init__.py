@@ -2,12 +2,20 @@
 
 Every backend calls ``handler(mic, out, status)`` once per period on its audio
 thread (see ``engine.bridge.PeriodHandler``) and offers the same small surface,
-``AudioDevice``. ``open_device`` picks one from the user's ``--device`` value.
+``AudioDevice``. ``engine.audio_process.open_device`` picks one from the
+user's ``--device`` value:
+
+* ``pulse``, ``pulse:SINK[,SOURCE]``: ``engine.devices.pulse`` (native
+  PulseAudio protocol; PulseAudio and PipeWire). The default on Linux when
+  such a server answers.
+* ``portaudio``, ``portaudio:NAME|INDEX`` (or a bare name or index):
+  ``engine.devices.portaudio`` (JACK, ALSA hardware, macOS, Windows).
+* ``virtual``: ``engine.devices.virtual`` (WAV files, clocked).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from engine.bridge import PeriodHandler
 
@@ -17,8 +25,21 @@ class DeviceError(RuntimeError):
 
 
 class AudioDevice(Protocol):
-    """A full-duplex callback stream. Owned and driven by the audio process's control thread."""
+    """A full-duplex callback stream. Owned and driven by the audio process's control thread.
 
+    The hangup contract: a device whose ``cuts_at_device`` is False (PortAudio,
+    virtual) plays what it is given until ``stop``, so the caller has the
+    handler fade and write silence first, then stops it. A device whose
+    ``cuts_at_device`` is True holds audio the handler already produced
+    (a sound server's queue) that a plain stop would cut mid-waveform: the
+    caller uses ``fade_stop`` instead, and the device fades what is playing
+    at the moment of the hangup to zero itself.
+    """
+
+    backend: str
+    """"pulse", "portaudio" or "virtual"."""
+    cuts_at_device: bool
+    """True: hang up with ``fade_stop`` (see the class docstring)."""
     rate: int
     """Device rate, frames per second."""
     period_frames: int
@@ -26,7 +47,9 @@ class AudioDevice(Protocol):
     name: str
     output_latency: float
     """Seconds from the callback producing a period to its first sample playing
-    (PortAudio's own figure; 0 for the virtual device)."""
+    (PortAudio's or the sound server's own figure; 0 for the virtual device)."""
+    input_latency: float
+    """Seconds from a sample reaching the device to the callback receiving it (as reported)."""
 
     def set_handler(self, handler: PeriodHandler) -> None:
         """Install the per-period handler; call before ``start``."""
@@ -36,6 +59,18 @@ class AudioDevice(Protocol):
 
     def stop(self) -> None:
         """Stop; when this returns the handler is not running and will not run again."""
+
+    def fade_stop(self, timeout: float) -> float | None:
+        """Hang up at the device: fade what plays now to zero, then stop (as ``stop``).
+
+        Waits at most ``timeout`` seconds. Returns the ``time.monotonic()`` at
+        which the device's output goes silent as the device reports it, or None
+        when it could not fade (it is stopped anyway). Devices with
+        ``cuts_at_device`` False just stop and return None.
+        """
+
+    def status(self) -> dict[str, Any]:
+        """Extra fields for the audio process's ``status`` (losses, reopens; may be empty)."""
 
     def close(self) -> None:
         """Release the device. Stops first if running."""

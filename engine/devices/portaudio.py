@@ -6,6 +6,11 @@ and started/stopped per call. ``stop`` uses ``Pa_StopStream``; by then the
 callback has been writing silence, so what it drains is silence.
 
 PortAudio's ALSA/JACK probing chatter on stderr is hidden unless ``verbose``.
+
+ALSA's sound-server plugin devices (``pulse``, ``pipewire``, and ``default``
+when a PulseAudio-protocol server answers) are refused: PortAudio 19.6 full
+duplex through them spins a core and its stop throws the server's queue away
+(DESIGN.md, "The device path on Linux"); ``--device pulse`` is the way there.
 """
 
 from __future__ import annotations
@@ -24,8 +29,33 @@ from engine.ring import SAMPLE_RATE
 os.environ.setdefault("JACK_NO_START_SERVER", "1")
 
 
+PLUGIN_DEVICES = ("pulse", "pipewire")
+"""ALSA plugin devices that route to a sound server: never opened full duplex."""
+
+
+def plugin_refusal(name: str, server_up: bool | None = None) -> str | None:
+    """The one-line refusal for PortAudio device ``name``, or None if it may be opened.
+
+    ``default`` counts as a plugin when a PulseAudio-protocol server answers
+    (``server_up``; probed when None), as ALSA then routes it to that server.
+    """
+    low = name.strip().lower()
+    if low not in PLUGIN_DEVICES and low != "default":
+        return None
+    if low == "default":
+        if server_up is None:
+            from engine.devices.pulse import server_answers
+
+            server_up = server_answers()
+        if not server_up:
+            return None
+    return (f"PortAudio device {name!r} is ALSA's sound-server plugin (full duplex there "
+            "spins a core and cuts the hangup's fade); use --device pulse")
+
+
 def list_devices(verbose: bool = False) -> list[dict[str, Any]]:
-    """Every PortAudio device: index, name, input/output channels, default rate."""
+    """Every PortAudio device: index, name, input/output channels, default rate,
+    ``device`` (the ``--device`` value) and ``refused`` (why it cannot be opened, or None)."""
     import pyaudio
 
     with quiet_stderr(not verbose):
@@ -35,12 +65,22 @@ def list_devices(verbose: bool = False) -> list[dict[str, Any]]:
         for i in range(pa.get_device_count()):
             info = pa.get_device_info_by_index(i)
             devices.append({
+                "backend": "portaudio",
+                "device": f"portaudio:{i}",
                 "index": i,
                 "name": str(info["name"]),
                 "inputs": int(info["maxInputChannels"]),
                 "outputs": int(info["maxOutputChannels"]),
                 "default_rate": float(info["defaultSampleRate"]),
             })
+        server_up: bool | None = None
+        for d in devices:
+            name = str(d["name"])
+            if name.lower() == "default" and server_up is None:
+                from engine.devices.pulse import server_answers
+
+                server_up = server_answers()
+            d["refused"] = plugin_refusal(name, bool(server_up))
         return devices
     finally:
         pa.terminate()
@@ -52,8 +92,12 @@ class PortAudioDevice:
     ``device``: an index, a (case-insensitive, substring) name, or None for
     the system defaults; ``input_device``/``output_device`` override one side.
     Opens at 16 kHz when the devices accept it, else at the output's default
-    rate (``RateBridge`` resamples).
+    rate (``RateBridge`` resamples). Raises ``DeviceError`` for an ALSA
+    sound-server plugin device (see the module docstring).
     """
+
+    backend = "portaudio"
+    cuts_at_device = False
 
     def __init__(
         self,
@@ -71,6 +115,10 @@ class PortAudioDevice:
         try:
             in_idx, in_name = self._resolve(input_device or device, "input")
             out_idx, out_name = self._resolve(output_device or device, "output")
+            for side in dict.fromkeys((in_name, out_name)):
+                refusal = plugin_refusal(side)
+                if refusal:
+                    raise DeviceError(refusal)
             self.name = out_name if in_name == out_name else f"{in_name} → {out_name}"
             self.rate = self._pick_rate(in_idx, out_idx)
             self.period_frames = max(16, round(period_seconds * self.rate))
@@ -163,6 +211,14 @@ class PortAudioDevice:
     def stop(self) -> None:
         if not self._stream.is_stopped():
             self._stream.stop_stream()
+
+    def fade_stop(self, timeout: float) -> float | None:
+        """Not a cutting device: the callback fades; this only stops."""
+        self.stop()
+        return None
+
+    def status(self) -> dict[str, Any]:
+        return {}
 
     def close(self) -> None:
         try:

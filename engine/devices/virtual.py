@@ -19,6 +19,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -121,6 +122,10 @@ class EchoPath:
 class VirtualDevice:
     """See module docstring. ``mic``/``speaker`` are WAV paths; either may be None."""
 
+    backend = "virtual"
+    cuts_at_device = False
+    input_latency = 0.0
+
     def __init__(
         self,
         mic: str | Path | None = None,
@@ -169,6 +174,14 @@ class VirtualDevice:
         self._running = False
         with self._in_period:  # a period in progress finishes before we return
             pass
+
+    def fade_stop(self, timeout: float) -> float | None:
+        """Not a cutting device: the handler fades; this only stops."""
+        self.stop()
+        return None
+
+    def status(self) -> dict[str, Any]:
+        return {}
 
     def close(self) -> None:
         self.stop()

@@ -72,6 +72,23 @@ def test_cooperative_hangup_silences_at_once_and_agent_exits_well_before_the_kil
     assert rec.shape[1] == 2 and len(rec) > 2 * RATE
 
 
+def test_local_server_and_prepared_standby_are_up_before_the_first_call(serve: Any) -> None:
+    served = serve(speech_at=[30.0])
+    deadline = time.monotonic() + 30
+    status = served.request({"cmd": "status"})
+    while time.monotonic() < deadline and not (status["agent_server"] and status["standby_ready"]):
+        time.sleep(0.05)
+        status = served.request({"cmd": "status"})
+    assert status["state"] == "idle", "no call was asked for"
+    assert status["agent_server"] and status["standby_ready"]
+    in_call(served)
+    served.collect(1.0)
+    assert served.request({"cmd": "hangup"})["ok"]
+    t = ended(served)["timings"]
+    # Generous (the benchmark has the figures): the close round trip and the exit.
+    assert not t["agent_killed"] and t["agent_exited_ms"] < 500
+
+
 def test_sigstopped_agent_is_killed_and_reaped_between_2_0_and_2_2_s(serve: Any) -> None:
     served = serve(speech_at=[30.0])
     status = in_call(served)

@@ -245,3 +245,46 @@ def test_wrong_agent_audio_format_ends_the_session(rig_factory: Any) -> None:
     assert disconnects and "ulaw_8000" in (disconnects[0]["message"] or "")
     samples, _ = speaker(rig)
     assert not np.count_nonzero(np.abs(samples.astype(np.int32)) > 33)
+
+
+def test_prepare_builds_the_session_before_the_call_and_start_uses_the_matching_one(
+        rig_factory: Any) -> None:
+    rig = rig_factory(speech_at=30)
+    fields = {"agent_id": "local", "rings": rig.prefix, "base_url": rig.base_url,
+              "requires_auth": False}
+    bad = rig.agent_ctl.request({"cmd": "prepare", **fields, "rings": "callctl-no-such-ring"})
+    assert not bad["ok"] and bad["error"].startswith("prepare failed")
+    # Prepared for a service that is not there, then for the right one: start must use the
+    # last (a start on the first would never connect).
+    nowhere = {**fields, "base_url": "http://127.0.0.1:9"}
+    assert rig.agent_ctl.request({"cmd": "prepare", **nowhere})["ok"]
+    assert rig.agent_ctl.request({"cmd": "prepare", **fields})["ok"]
+    status = rig.agent_ctl.request({"cmd": "status"})
+    assert status["state"] == "standby" and status["prepared"]
+    assert rig.start_call()["ok"]
+    rig.collect(8.0, until="agent.response")
+    assert rig.named("agent.conversation") and rig.named("agent.response")
+    again = rig.agent_ctl.request({"cmd": "prepare", **fields})
+    assert not again["ok"], "a session in progress is never replaced"
+    _, killed = end_and_reap(rig)
+    assert not killed and rig.agent.returncode == 0
+
+
+def test_cooperative_end_sends_the_close_and_exits_without_waiting_on_the_sdk_loop(
+        rig_factory: Any) -> None:
+    rig = rig_factory(speech_at=30)
+    assert rig.start_call()["ok"]
+    rig.collect(2.0)  # mid-greeting: the SDK's loop sits in its 0.5 s recv
+    elapsed, killed = end_and_reap(rig)
+    assert not killed and rig.agent.returncode == 0
+    # Generous: the close round trip and the exit, not the SDK's recv timeout + teardown.
+    assert elapsed < 0.5, f"cooperative end took {elapsed:.3f} s"
+    rig.collect(1.0)
+    assert [e["reason"] for e in rig.named("agent.disconnect")] == ["user"]
+    assert rig.named("agent.ended"), "the last events got out before the fast exit"
+    deadline = time.monotonic() + 3.0
+    log = ""
+    while time.monotonic() < deadline and "client closed 1000" not in log:
+        log = (rig.tmp / "server.log").read_text()
+        time.sleep(0.05)
+    assert "client closed 1000" in log, "the service was told the session ended"

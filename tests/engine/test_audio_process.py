@@ -22,7 +22,7 @@ from engine.wavfile import read_wav
 
 RATE = 16_000
 PERIOD = 160
-FADE = 80
+FADE = 160
 THRESHOLD = 33  # int16 magnitude of -60 dBFS
 
 

@@ -1,9 +1,10 @@
-"""The audio process on PortAudio against a real sound server, with an external observer.
+"""The audio process against a real sound server, with an external observer.
 
 A fixture starts a private PulseAudio daemon (null sinks as speaker and
-microphone). The audio process opens PortAudio's ALSA ``pulse`` device — one
-full-duplex callback stream — and a separate client (``parec`` on the
+microphone). The audio process opens ``--device pulse`` — the native
+PulseAudio-protocol backend — and a separate client (``parec`` on the
 speaker's monitor) records what was actually played, stamped with its time.
+PortAudio's ALSA ``pulse`` plugin device is refused (see the last test).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def test_hangup_silences_the_device_as_an_external_observer_hears_it(
     proc = spawn(tmp_path, pulse)
     try:
         status = proc.request({"cmd": "status"})
-        assert status["device"] == "pulse" and status["device_rate"] == RATE
+        assert status["backend"] == "pulse" and status["device_rate"] == RATE
         latency = status["output_latency_ms"] / 1000
         period = status["period_frames"] / status["device_rate"]
         assert proc.request({"cmd": "start"})["ok"]
@@ -113,18 +114,25 @@ def test_microphone_reaches_the_capture_ring(tmp_path: Path, pulse: PulseServer,
         proc.stop()
 
 
-def test_portaudio_noise_is_hidden_unless_verbose(tmp_path: Path, pulse: PulseServer) -> None:
-    def stderr_of(*extra: str) -> str:
+def test_portaudio_plugin_device_is_refused_and_its_noise_hidden_unless_verbose(
+        tmp_path: Path, pulse: PulseServer) -> None:
+    def stderr_of(*extra: str) -> tuple[int, str]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "engine.audio_process", "--control", f"ipc://{tmp_path}/q",
-             "--rings", f"callctl-q-{uuid.uuid4().hex[:6]}", "--device", "pulse", *extra],
+             "--rings", f"callctl-q-{uuid.uuid4().hex[:6]}", "--device", "portaudio:pulse",
+             *extra],
             env=dict(pulse.child_env(), JACK_NO_START_SERVER="1"), stderr=subprocess.PIPE,
             text=True)
-        time.sleep(3.0)
-        os.kill(proc.pid, signal.SIGTERM)
-        _, err = proc.communicate(timeout=10)
-        return err
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            _, err = proc.communicate(timeout=5)
+        return proc.returncode, err
 
-    assert stderr_of() == ""
-    verbose = stderr_of("--verbose")
+    code, err = stderr_of()
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "--device pulse" in lines[0], err
+    _, verbose = stderr_of("--verbose")
     assert "ALSA" in verbose or "jack" in verbose.lower(), "the noise exists and --verbose shows it"
