@@ -33,7 +33,7 @@ from engine import lifeline, protocol
 from engine.bridge import RateBridge
 from engine.callback import DEFAULT_FADE_SECONDS, DuplexCallback, dbfs
 from engine.devices import AudioDevice, DeviceError
-from engine.echo import EchoCanceller, EchoThread, EchoUnavailable
+from engine.echo import EchoCanceller, EchoThread, EchoUnavailable, InlineEcho
 from engine.recorder import CallRecorder
 from engine.ring import SAMPLE_RATE, AudioRing
 
@@ -89,13 +89,14 @@ class AudioEngine:
         max_core = core_period + 64
         self.callback = DuplexCallback(playback, capture, max_core, fade_frames=fade)
         bridge = RateBridge(self.callback.process, device.rate, device.period_frames)
-        self.echo: EchoThread | None = None
+        self.echo: EchoThread | InlineEcho | None = None
         self.aec_error: str | None = None
         if aec:
             try:
                 canceller = EchoCanceller(stream_delay_ms(device, bridge),
                                           noise_suppression=noise_suppression)
-                self.echo = EchoThread(capture, canceller, max_core)
+                self.echo = (InlineEcho(capture, canceller) if device.handler_may_wait
+                             else EchoThread(capture, canceller, max_core))
             except (EchoUnavailable, RuntimeError, OSError) as exc:
                 self.aec_error = str(exc)
                 print(f"audio process: no echo cancellation: {exc}", file=sys.stderr)

@@ -40,6 +40,10 @@ class AudioDevice(Protocol):
     """"pulse", "portaudio" or "virtual"."""
     cuts_at_device: bool
     """True: hang up with ``fade_stop`` (see the class docstring)."""
+    handler_may_wait: bool
+    """True when the handler runs on a thread of the device's own with time to spare
+    (a sound server's queue ahead of it), not in a real-time callback: the echo
+    canceller may then run in the handler (``engine.echo.InlineEcho``)."""
     rate: int
     """Device rate, frames per second."""
     period_frames: int

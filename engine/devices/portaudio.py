@@ -98,6 +98,7 @@ class PortAudioDevice:
 
     backend = "portaudio"
     cuts_at_device = False
+    handler_may_wait = False
 
     def __init__(
         self,

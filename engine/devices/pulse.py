@@ -405,6 +405,7 @@ class PulseDevice:
 
     backend = "pulse"
     cuts_at_device = True
+    handler_may_wait = True
 
     def __init__(
         self,

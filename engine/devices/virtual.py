@@ -124,6 +124,7 @@ class VirtualDevice:
 
     backend = "virtual"
     cuts_at_device = False
+    handler_may_wait = False
     input_latency = 0.0
 
     def __init__(

@@ -29,7 +29,7 @@ from bench.echo import (
 from engine.agent_server.voice import Voice
 from engine.audio_client import AudioProcess
 from engine.devices.virtual import EchoPath
-from engine.echo import FRAME, EchoCanceller, EchoThread
+from engine.echo import FRAME, EchoCanceller, EchoThread, InlineEcho
 from engine.ring import AudioRing
 from engine.wavfile import read_wav
 
@@ -144,6 +144,28 @@ def test_echo_thread_buffers_odd_periods_into_10_ms_frames() -> None:
     assert stats["error"] is None and stats["cpu_us_median"] > 0
     settled = RATE
     assert erle_db(mic[settled:whole], out[settled:]) >= 20
+
+
+def test_inline_echo_cancels_in_batches_on_the_callers_thread() -> None:
+    """The same 100-frame periods through ``InlineEcho``: nothing reaches the capture
+    ring until a batch of 10 ms frames is whole, then the batch, cancelled, in order."""
+    far = Voice().render("Hello, you are talking to the offline test agent.")
+    n = len(far) // 100 * 100
+    far = far[:n]
+    mic, _ = EchoPath(0.06, -6, 3400, RATE, 100).run(far, np.zeros(n, np.int16))
+    with AudioRing.create(1 << 17) as capture:
+        inline = InlineEcho(capture, EchoCanceller(), batch=4)
+        inline.feed(mic[:100], far[:100])
+        assert capture.available() == 0, "a partial batch waits"
+        for start in range(100, n, 100):
+            inline.feed(mic[start : start + 100], far[start : start + 100])
+        out = np.zeros(capture.available(), np.int16)
+        capture.read_into(out)
+        stats = inline.stats()
+    whole = n // (4 * FRAME) * 4 * FRAME
+    assert len(out) == whole, "every whole batch, and nothing else"
+    assert stats["frames"] == whole // FRAME and stats["error"] is None
+    assert erle_db(mic[RATE:whole], out[RATE:]) >= 20
 
 
 # -- the audio process on the virtual device ------------------------------------------------
