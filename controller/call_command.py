@@ -23,6 +23,7 @@ from typing import Any, TextIO
 import zmq
 
 from controller import endpoints
+from controller.calls import printable
 from controller.controller import Controller
 from controller.options import add_controller_options, controller_config
 from controller.serve import install_stop_signals
@@ -149,11 +150,11 @@ class Frontend(threading.Thread):
             elif name == "levels":
                 self._levels = (event.get("in_dbfs"), event.get("out_dbfs"))
             elif name == "transcript":
-                self._last_line = f"{event['role']}: {event['text']}"
+                self._last_line = printable(f"{event['role']}: {event['text']}")
                 if not self.tty:
                     self._say(self._last_line)
             elif name == "error":
-                self._say(f"error: {event.get('message')}")
+                self._say(f"error: {printable(event.get('message'))}")
             elif name == "call.ended":
                 self.ended = event
                 self._report(event)
@@ -265,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = controller_config(args)
+        warning = endpoints.insecure_warning(config.endpoint, curve=config.curve_dir is not None)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
         controller = Controller(config)
     except (endpoints.EndpointError, ValueError, RuntimeError) as exc:
         print(f"callctl call: {exc}", file=sys.stderr)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -134,6 +135,37 @@ def find_call(calls: list[CallFolder], key: str) -> CallFolder | str:
 
 # -- printing ---------------------------------------------------------------------
 
+_BIDI_AND_INVISIBLE = {0x061C, 0x200B, 0x200E, 0x200F, 0x2028, 0x2029, 0x202A, 0x202B,
+                       0x202C, 0x202D, 0x202E, 0x2060, 0x2066, 0x2067, 0x2068, 0x2069, 0xFEFF}
+_JOINERS = {0x200C, 0x200D}
+"""Zero-width (non-)joiners: format characters that Persian, Indic scripts and emoji need."""
+
+
+def printable(value: object) -> str:
+    """``str(value)`` safe to print on a terminal: one line, no control sequences.
+
+    Every control character (C0 including tab and newline, DEL, C1 — ESC and
+    CSI start terminal escapes, CR and BS overwrite what was printed) and every
+    bidirectional or zero-width format character (which reorder or hide text)
+    is written as a Python escape (``\\x1b``, ``\\n``, ``\\u202e``); everything
+    else — accents, emoji, and the zero-width joiners that scripts and emoji
+    need — is kept. Use it on anything a call, an
+    agent or a controller supplied: transcripts, names, messages, errors.
+    """
+    text = str(value)
+    if text.isprintable() and not any(ord(ch) in _BIDI_AND_INVISIBLE for ch in text):
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if code in _BIDI_AND_INVISIBLE or (code not in _JOINERS and unicodedata.category(ch)
+                                           in ("Cc", "Cf", "Zl", "Zp")):
+            escaped = ch.encode("unicode_escape").decode("ascii")
+            out.append(escaped if escaped != ch else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
 
 def _when(call: CallFolder) -> str:
     started = call.started
@@ -167,10 +199,11 @@ def print_list(calls: list[CallFolder], record_dir: Path, out: Any) -> None:
     rows = []
     for call in calls:
         row = call.row()
-        agent = str(row["agent"] or "?")
-        rows.append((_when(call), call.call_id, agent if len(agent) <= 24 else agent[:23] + "…",
+        agent = printable(row["agent"] or "?")
+        rows.append((_when(call), printable(call.call_id),
+                     agent if len(agent) <= 24 else agent[:23] + "…",
                      _duration(row["duration_s"]), _ms(row["hangup_to_silence_ms"]),
-                     _voice(row)))
+                     printable(_voice(row))))
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     right = {3, 4}
     for r in [head, *rows]:
@@ -182,7 +215,7 @@ def print_list(calls: list[CallFolder], record_dir: Path, out: Any) -> None:
 def print_show(call: CallFolder, out: Any) -> None:
     s = call.summary or {}
     t = s.get("timings") or {}
-    print(f"call {call.call_id}", file=out)
+    print(f"call {printable(call.call_id)}", file=out)
     if call.summary is None:
         print("  (post-call work not finished: no summary yet)", file=out)
     fields = [
@@ -209,16 +242,17 @@ def print_show(call: CallFolder, out: Any) -> None:
         fields.append(("error", str(error)))
     for label, value in fields:
         if value is not None:
-            print(f"  {label:<22} {value}", file=out)
+            print(f"  {label:<22} {printable(value)}", file=out)
     for name in (RECORDING, CALLER, TRANSCRIPT, SUMMARY):
         if (call.path / name).exists():
-            print(f"  {'file':<22} {call.path / name}", file=out)
+            print(f"  {'file':<22} {printable(call.path / name)}", file=out)
     lines = read_transcript(call.path)
     print(f"transcript ({len(lines)} lines)", file=out)
     for line in lines:
         offset = line.get("offset_s")
         stamp = f"{offset:7.1f}s" if isinstance(offset, (int, float)) else "       ?"
-        print(f"  {stamp}  {str(line.get('role')):<6} {line.get('text', '')}", file=out)
+        print(f"  {stamp}  {printable(line.get('role')):<6} {printable(line.get('text', ''))}",
+              file=out)
 
 
 # -- the command ------------------------------------------------------------------
@@ -261,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     found = find_call(calls, args.id)
     if isinstance(found, str):
-        print(f"callctl calls show: {found} in {record_dir}", file=sys.stderr)
+        print(f"callctl calls show: {printable(found)} in {printable(record_dir)}",
+              file=sys.stderr)
         return EXIT_NOT_FOUND
     if args.json:
         print(json.dumps({"call_id": found.call_id, "folder": str(found.path),

@@ -15,6 +15,7 @@ from typing import Any
 import zmq
 
 from controller import endpoints
+from controller.calls import printable
 from controller.curve import ClientKeys, CurveError, curve_dir
 from controller.options import add_endpoint
 from engine.audio_client import ControlClient
@@ -58,7 +59,8 @@ def _resolve(args: argparse.Namespace, name: str) -> str | None:
     directory = curve_dir(args.curve_dir)
     try:
         args.keys = ClientKeys.load(directory) if directory else None
-        return endpoints.control_endpoint(args.endpoint, curve=directory is not None)
+        return endpoints.control_endpoint(args.endpoint, curve=directory is not None,
+                                          insecure=args.insecure)
     except (endpoints.EndpointError, CurveError) as exc:
         print(f"callctl {name}: {exc}", file=sys.stderr)
         return None
@@ -90,7 +92,7 @@ def hangup_main(argv: list[str] | None = None) -> int:
               + (f": audio silent {silent:.1f} ms after the request arrived"
                  if silent is not None else ""))
     else:
-        print(f"callctl hangup: {reply.get('error')}", file=sys.stderr)
+        print(f"callctl hangup: {printable(reply.get('error'))}", file=sys.stderr)
     return EXIT_OK if reply.get("ok") else EXIT_NOTHING
 
 
@@ -102,12 +104,14 @@ def status_main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(reply))
         return EXIT_OK
-    print(f"state:     {reply['state']}" + (f" ({reply['reason']})" if reply.get("reason") else ""))
+    print(f"state:     {reply['state']}"
+          + (f" ({printable(reply['reason'])})" if reply.get("reason") else ""))
     print(f"endpoint:  {reply['endpoint']}")
     print(f"events:    {reply['events']}")
     call = reply.get("call")
     if call:
-        print(f"call:      {call['call_id']} with {call['agent']}, {call['duration_s']:.1f} s")
+        print(f"call:      {call['call_id']} with {printable(call['agent'])}, "
+              f"{call['duration_s']:.1f} s")
     audio = reply.get("audio") or {}
     if audio.get("ok"):
         print(f"audio:     {audio['state']} on {audio['device']} at {audio['device_rate']} Hz")
@@ -153,8 +157,10 @@ def events_main(argv: list[str] | None = None) -> int:
             if args.json:
                 print(json.dumps(event), flush=True)
             else:
-                fields = " ".join(f"{k}={v}" for k, v in event.items() if k != "event")
-                print(f"{topic.decode():<11} {fields}", flush=True)
+                # What a service or a caller said can hold terminal control sequences.
+                fields = " ".join(f"{k}={printable(v)}" for k, v in event.items()
+                                  if k != "event")
+                print(f"{printable(topic.decode(errors='replace')):<11} {fields}", flush=True)
     except KeyboardInterrupt:
         pass
     finally:

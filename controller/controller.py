@@ -38,7 +38,7 @@ import zmq
 from controller import endpoints
 from controller.call import Call, CallState, new_call_id
 from controller.curve import ServerKeys
-from controller.postcall import PostcallRunner
+from controller.postcall import PostcallRunner, make_call_folder
 from engine import protocol
 from engine.agent_client import AgentProcess, AgentServerProcess
 from engine.audio_client import AudioProcess, AudioProcessError, unlink_rings
@@ -147,7 +147,12 @@ class Controller:
             sock.bind(endpoint)
             os.chmod(path, 0o600)
         else:
+            if "[" in endpoint:
+                sock.ipv6 = True
             sock.bind(endpoint)
+        if public:
+            # What libzmq bound, compared with what was checked (a refusal closes it).
+            endpoints.verify_bound(sock, endpoint, curve=self.keys is not None)
         return sock
 
     def _refuse_if_live(self, endpoint: str) -> None:
@@ -171,8 +176,11 @@ class Controller:
             return None
         if name not in self._logs:
             log_dir = self.config.record_dir / "logs"
-            log_dir.mkdir(parents=True, exist_ok=True)
-            self._logs[name] = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - close()
+            make_call_folder(log_dir)
+            # 0600: the agent's log can hold what was said.
+            fd = os.open(log_dir / f"{name}.log",
+                         os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            self._logs[name] = os.fdopen(fd, "ab")
         return self._logs[name]
 
     def _start_audio(self) -> None:
@@ -383,7 +391,12 @@ class Controller:
                 self._end_call("the agent process did not become ready", failed=True)
             return
         assert self.audio is not None
-        call.record_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            make_call_folder(call.record_dir)
+        except OSError as exc:  # EACCES, EROFS, ENOTDIR, ENOSPC: this call fails, not us
+            self._end_call(f"cannot create the call folder {call.record_dir}: "
+                           f"{exc.strerror or exc}", failed=True)
+            return
         reply = self.audio.request({"cmd": "start", "record": str(call.recording)}, timeout=2.0)
         if not reply.get("ok"):
             self._end_call(f"audio: {reply.get('error')}", failed=True)

@@ -40,7 +40,11 @@ def add_endpoint(parser: argparse.ArgumentParser) -> None:
                         "in your private runtime directory)")
     parser.add_argument("--curve-dir", metavar="DIR",
                         help="CurveZMQ keys from `callctl keys` (default $CALLCTL_CURVE_DIR); "
-                        "needed for tcp beyond loopback")
+                        "needed for tcp:// unless --insecure")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow tcp:// on loopback without CurveZMQ keys: every local user "
+                        "can then connect, start and end calls and read the transcript; a "
+                        "warning is printed at start. The default ipc endpoint needs no keys")
 
 
 def add_controller_options(parser: argparse.ArgumentParser) -> None:
@@ -97,7 +101,8 @@ def controller_config(args: argparse.Namespace) -> ControllerConfig:
         read_wav(args.mic)  # WavFormatError: names the file and what is wrong with it
     keys = curve_dir(args.curve_dir)
     return ControllerConfig(
-        endpoint=endpoints.control_endpoint(args.endpoint, curve=keys is not None),
+        endpoint=endpoints.control_endpoint(args.endpoint, curve=keys is not None,
+                                            insecure=args.insecure),
         curve_dir=keys,
         record_dir=args.record_dir or default_record_dir(),
         device=args.device, input_device=args.input_device, output_device=args.output_device,

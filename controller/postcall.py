@@ -52,6 +52,7 @@ import json
 import math
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -199,9 +200,10 @@ class PostcallRunner:
             "xruns": xruns,
         }
         try:
-            call.record_dir.mkdir(parents=True, exist_ok=True)
+            make_call_folder(call.record_dir)
             path = call.record_dir / JOB_FILE
-            path.write_text(json.dumps(job))
+            with open_private(path) as out:
+                out.write(json.dumps(job))
             popen = subprocess.Popen(
                 [sys.executable, "-m", "controller.postcall", "--job", str(path)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr,
@@ -404,19 +406,50 @@ def iso(unix: float | None) -> str | None:
         timespec="milliseconds")
 
 
+def make_call_folder(folder: Path) -> None:
+    """Create a call folder 0700, and its record directory 0700 when this creates it;
+    tighten either to 0700 if it exists wider (they hold people's voices and words).
+    Raises ``OSError`` if it cannot be created."""
+    parent = folder.parent
+    if not parent.exists():
+        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for path in (parent, folder):
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        info = path.stat()
+        if stat.S_IMODE(info.st_mode) != 0o700 and info.st_uid == os.getuid():
+            os.chmod(path, 0o700)
+
+
+def open_private(path: Path, binary: bool = False) -> IO[Any]:
+    """Open ``path`` for writing (truncated), created 0600: never readable by others,
+    not even for a moment (a leftover file is narrowed to 0600 before it is written)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        return os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def write_json_atomic(path: Path, value: Any) -> None:
-    """Write ``value`` as JSON so a reader sees the old file or the new one, never half."""
+    """Write ``value`` as JSON so a reader sees the old file or the new one, never half.
+    The file is 0600."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    with open_private(tmp) as out:
+        out.write(json.dumps(value, indent=2) + "\n")
     os.replace(tmp, path)
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int = RATE) -> None:
-    """int16 mono samples to a 16-bit PCM WAV (atomically)."""
+    """int16 mono samples to a 16-bit PCM WAV (atomically, 0600)."""
     import wave
 
     tmp = path.with_name(f".{path.name}.tmp")
-    with wave.open(str(tmp), "wb") as w:
+    with open_private(tmp, binary=True) as f, wave.open(f, "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(rate)
@@ -744,7 +777,7 @@ class Postcall:
     def _write_transcript(self) -> None:
         requested = self.job.get("requested_at")
         tmp = self.folder / f".{TRANSCRIPT}.tmp"
-        with open(tmp, "w") as out:
+        with open_private(tmp) as out:
             for line in self.job.get("transcript") or []:
                 t = line.get("t")
                 record = {

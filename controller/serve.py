@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = controller_config(args)
+        warning = endpoints.insecure_warning(config.endpoint, curve=config.curve_dir is not None)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
         controller = Controller(config)
     except (endpoints.EndpointError, ValueError, RuntimeError, OSError) as exc:
         print(f"callctl serve: {exc}", file=sys.stderr)

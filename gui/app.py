@@ -81,7 +81,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"{', '.join(virtual_only)} need --device virtual")
     if args.endpoint:
         try:
-            endpoints.check(args.endpoint)
+            endpoints.check(args.endpoint, insecure=args.insecure)
         except endpoints.EndpointError as exc:
             parser.error(str(exc))
 
@@ -102,7 +102,8 @@ def build(argv: list[str]) -> Gui:
     private_dir: Path | None = None
     try:
         if args.attach:
-            session = Session.attached(endpoints.control_endpoint(args.endpoint))
+            session = Session.attached(endpoints.control_endpoint(args.endpoint,
+                                                                  insecure=args.insecure))
         else:
             endpoint = args.endpoint
             if not endpoint:

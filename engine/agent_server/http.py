@@ -11,6 +11,15 @@ it, so each connection first looks at its request line:
   bounded in size and time), answered by the server's ``http_handler`` with one
   ``HttpResponse``, and the connection is closed (``Connection: close``).
 
+Memory stays bounded whatever the uploads: a body over ``SPOOL_BYTES`` is
+written to an unnamed temporary file as it arrives (``HttpRequest.body_file``),
+never held in memory, and at most ``MAX_CONCURRENT_UPLOADS`` such bodies are
+taken at once per server. Another one is read and thrown away, then answered
+503 (answering before the body is in would make clients that send the whole
+body first, as httpx does, see a reset instead of the answer). Measured: 4
+parallel 60 MB voice uploads keep the server under 200 MB of RSS
+(``tests/reliability/test_hardening_uploads.py``).
+
 ``HttpConnection`` does this as a ``websockets`` ``ServerConnection`` subclass
 (the library's ``create_connection`` hook), so one listening socket, one
 ``Server`` and its shutdown cover both kinds of connection.
@@ -19,11 +28,14 @@ it, so each connection first looks at its request line:
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
+import os
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 
 from websockets.asyncio.server import ServerConnection
 
@@ -33,6 +45,10 @@ log = logging.getLogger("agent_server")
 MAX_HEAD_BYTES = 16 * 1024
 #: Largest request body accepted, in bytes (voice samples: the service takes ~10 MB a file).
 MAX_BODY_BYTES = 64 * 1024 * 1024
+#: Bodies larger than this, in bytes, go to a temporary file as they arrive.
+SPOOL_BYTES = 1024 * 1024
+#: Spooled bodies (uploads) one server takes at once; more are answered 503.
+MAX_CONCURRENT_UPLOADS = 4
 #: Time allowed from the connection to a complete request line, in seconds.
 REQUEST_LINE_TIMEOUT_S = 10.0
 #: Time allowed to receive a whole HTTP request (head and body), in seconds.
@@ -51,12 +67,34 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found"
 
 @dataclass
 class HttpRequest:
-    """One request with its whole body. Header names are lower-case."""
+    """One request with its whole body. Header names are lower-case.
+
+    A body up to ``SPOOL_BYTES`` is in ``body``; a larger one is in
+    ``body_file`` (an unnamed temporary file, ``body`` empty), which the
+    connection owns and closes when it answers or is lost. Read a body through
+    :meth:`open_body`, which is safe from a worker thread that outlives the
+    connection.
+    """
 
     method: str
     path: str
     headers: dict[str, str]
     body: bytes = b""
+    body_file: IO[bytes] | None = None
+    body_size: int = -1
+    """Bytes in the body (``len(body)`` when -1)."""
+
+    def open_body(self) -> tuple[IO[bytes], int]:
+        """The body as a binary file of the caller's own (close it), and its size in bytes.
+
+        A spooled body comes on a duplicated descriptor, so the file stays
+        readable until the caller closes it, whatever the connection does.
+        """
+        if self.body_file is not None:
+            handle = os.fdopen(os.dup(self.body_file.fileno()), "rb")
+            handle.seek(0)
+            return handle, self.body_size
+        return io.BytesIO(self.body), len(self.body)
 
 
 @dataclass
@@ -79,6 +117,28 @@ class HttpResponse:
 HttpHandler = Callable[[HttpRequest], Awaitable[HttpResponse]]
 
 
+class UploadSlots:
+    """The connections of one server whose bodies are being spooled (at most ``limit``)."""
+
+    def __init__(self, limit: int = MAX_CONCURRENT_UPLOADS) -> None:
+        self.limit = limit
+        self._holders: set[object] = set()
+
+    def acquire(self, holder: object) -> bool:
+        """Take a slot for ``holder``; False when all are taken."""
+        if holder not in self._holders and len(self._holders) >= self.limit:
+            return False
+        self._holders.add(holder)
+        return True
+
+    def release(self, holder: object) -> None:
+        """Give back ``holder``'s slot (no-op if it holds none)."""
+        self._holders.discard(holder)
+
+    def __len__(self) -> int:
+        return len(self._holders)
+
+
 @dataclass(frozen=True)
 class Hooks:
     """What one server gives its connections: the HTTP handler and connection tracking."""
@@ -86,6 +146,7 @@ class Hooks:
     http_handler: HttpHandler
     on_open: Callable[[HttpConnection], None] | None = None
     on_close: Callable[[HttpConnection], None] | None = None
+    uploads: UploadSlots = field(default_factory=UploadSlots)
 
 
 class _BadRequest(Exception):
@@ -116,6 +177,12 @@ class HttpConnection(ServerConnection):
         self._decided: asyncio.Future[None] = self.loop.create_future()
         self._request: asyncio.Future[HttpRequest] = self.loop.create_future()
         self._head: tuple[str, str, dict[str, str], int] | None = None
+        self._received = 0
+        """Body bytes received so far."""
+        self._spool: IO[bytes] | None = None
+        """Where a large body goes; handed to the handler, closed by :meth:`_done`."""
+        self._refusal: HttpResponse | None = None
+        """The answer for a body being read only to be thrown away (no upload slot)."""
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
@@ -127,6 +194,7 @@ class HttpConnection(ServerConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.hooks is not None and self.hooks.on_close is not None:
             self.hooks.on_close(self)
+        self._done()
         for future in (self._decided, self._request):
             if not future.done():
                 future.cancel()
@@ -176,13 +244,55 @@ class HttpConnection(ServerConnection):
                     return
                 self._head = self._parse_head(bytes(self._buffer[:end]))
                 del self._buffer[: end + 4]
+                if self._head[3] > SPOOL_BYTES:
+                    self._start_spool()
             method, path, headers, length = self._head
-            if len(self._buffer) >= length:
+            if self._refusal is not None or self._spool is not None:
+                self._take_body(length)
+                if self._received < length:
+                    return
+                if self._refusal is not None:
+                    raise _BadRequest(self._refusal)
+                assert self._spool is not None
+                self._spool.seek(0)
+                self._request.set_result(HttpRequest(method, path, headers,
+                                                     body_file=self._spool, body_size=length))
+            elif len(self._buffer) >= length:
                 body = bytes(self._buffer[:length])
                 self._buffer.clear()
                 self._request.set_result(HttpRequest(method, path, headers, body))
         except _BadRequest as exc:
             self._request.set_exception(exc)
+        except OSError as exc:  # the spool's disk is full or failing
+            log.warning("request body not stored: %s", exc)
+            self._request.set_exception(_BadRequest(_error(503, "no room for the upload")))
+
+    def _start_spool(self) -> None:
+        """A large body: a temporary file and an upload slot, or a refusal once it is read."""
+        slots = self.hooks.uploads if self.hooks is not None else None
+        if slots is not None and not slots.acquire(self):
+            log.warning("upload refused: %d uploads already in progress", slots.limit)
+            self._refusal = _error(503, f"{slots.limit} uploads already in progress; "
+                                        "try again when one is done")
+            return
+        self._spool = tempfile.TemporaryFile(prefix="callctl-upload-")  # noqa: SIM115
+
+    def _take_body(self, length: int) -> None:
+        """Move the buffered body bytes to the spool (or drop them, when refusing)."""
+        chunk = self._buffer[: length - self._received]
+        if self._spool is not None and self._refusal is None:
+            self._spool.write(chunk)
+        self._received += len(chunk)
+        self._buffer.clear()
+
+    def _done(self) -> None:
+        """Free the upload slot and close the spooled body (a reader that :meth:`HttpRequest.
+        open_body` gave its own descriptor keeps the file until it closes that)."""
+        if self.hooks is not None:
+            self.hooks.uploads.release(self)
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            spool.close()
 
     @staticmethod
     def _parse_head(head: bytes) -> tuple[str, str, dict[str, str], int]:
@@ -239,6 +349,7 @@ class HttpConnection(ServerConnection):
         except Exception:
             log.exception("HTTP handler failed")
             response = _error(500, "internal error")
+        self._done()
         if self.transport.is_closing():
             return
         self.transport.write(response.serialize())
