@@ -38,11 +38,14 @@ import zmq
 from controller import endpoints
 from controller.call import Call, CallState, new_call_id
 from controller.curve import ServerKeys
+from controller.device_list import DeviceList
+from controller.endpoint_lock import EndpointLock
 from controller.postcall import PostcallRunner, make_call_folder
 from engine import protocol
 from engine.agent_client import AgentProcess, AgentServerProcess
 from engine.audio_client import AudioProcess, AudioProcessError, unlink_rings
 from engine.credentials import load_credentials
+from engine.serving import RequestSocket
 
 STANDBY_READY_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 15.0
@@ -103,12 +106,15 @@ class Controller:
 
     def __init__(self, config: ControllerConfig) -> None:
         self.config = config
+        # First of all: the endpoint is ours for our whole life, or we stop here.
+        self._endpoint_lock = EndpointLock.take(config.endpoint)
         self.ctx = zmq.Context()
         self.private = endpoints.private_dir_for(config.endpoint)
         self.events_endpoint = endpoints.events_endpoint(config.endpoint)
         self.keys = ServerKeys.load(config.curve_dir) if config.curve_dir else None
         self.authenticator = self.keys.start_authenticator(self.ctx) if self.keys else None
         self.control = self._bind(zmq.REP, config.endpoint, public=True)
+        self.requests = RequestSocket(self.control, protocol.PUBLIC_COMMANDS)
         self.pub = self._bind(zmq.PUB, self.events_endpoint, public=True)
         self.pull = self._bind(zmq.PULL, f"ipc://{self.private}/ev")
         self.has_key = load_credentials(Path(config.config_path) if config.config_path
@@ -128,6 +134,7 @@ class Controller:
         self._next_levels = 0.0
         self._audio_cache: tuple[float, dict[str, Any]] | None = None
         self._logs: dict[str, IO[Any]] = {}
+        self.devices = DeviceList()
         self.postcall = PostcallRunner(f"ipc://{self.private}/ev",
                                        self._log("postcall"), config.config_path)
 
@@ -141,9 +148,9 @@ class Controller:
             self.keys.apply(sock)
         if endpoint.startswith("ipc://"):
             path = Path(endpoint[len("ipc://"):])
-            if path.exists():
-                self._refuse_if_live(endpoint)
-                path.unlink()
+            if public:
+                # We hold the endpoint's lock: a socket file there is a dead controller's.
+                path.unlink(missing_ok=True)
             sock.bind(endpoint)
             os.chmod(path, 0o600)
         else:
@@ -154,17 +161,6 @@ class Controller:
             # What libzmq bound, compared with what was checked (a refusal closes it).
             endpoints.verify_bound(sock, endpoint, curve=self.keys is not None)
         return sock
-
-    def _refuse_if_live(self, endpoint: str) -> None:
-        probe = self.ctx.socket(zmq.REQ)
-        probe.setsockopt(zmq.LINGER, 0)
-        probe.connect(endpoint)
-        try:
-            probe.send(protocol.encode({"cmd": "ping"}))
-            if probe.poll(300):
-                raise RuntimeError(f"another controller is already serving {endpoint}")
-        finally:
-            probe.close(0)
 
     def _log(self, name: str) -> IO[Any] | None:
         """Where a child's stderr goes: the terminal with --verbose, else a log file.
@@ -226,6 +222,7 @@ class Controller:
             self._start_audio()
             if on_ready is not None:
                 on_ready()
+            self.devices.refresh()  # in the background: ready when a window asks
             if self.config.agent == "local":
                 # Up before the first call, so the standby can be prepared for it.
                 self._spawn_server()
@@ -259,15 +256,14 @@ class Controller:
                 self._on_agent_event(self.pull.recv())
 
     def _serve_one(self) -> None:
-        frame = self.control.recv()
+        request = self.requests.receive()
+        if request is None:
+            return
         try:
-            request = protocol.decode_request(frame, protocol.PUBLIC_COMMANDS)
             reply = self.handle(request)
-        except protocol.ProtocolError as exc:
-            reply = protocol.error(str(exc))
         except Exception as exc:  # a bug must not take the call down with it
             reply = protocol.error(f"internal error: {type(exc).__name__}: {exc}")
-        self.control.send(protocol.encode(reply))
+        self.requests.reply(reply)
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         cmd = request["cmd"]
@@ -276,7 +272,7 @@ class Controller:
         if cmd == "status":
             return self.status()
         if cmd == "call":
-            return self.start_call(request.get("agent"), request.get("base_url"),
+            return self.start_call(request.get("agent"),
                                    request.get("clone_voice"))
         if cmd == "cancel_clone":
             return self.postcall.cancel(self.call)
@@ -288,9 +284,7 @@ class Controller:
             reply = self.audio.request({"cmd": "flush"}, timeout=1.0)
             return protocol.ok(dropped_frames=reply.get("dropped_frames", 0))
         if cmd == "devices":
-            if self.audio is None:
-                return protocol.error("the audio process is not running")
-            return self.audio.request({"cmd": "devices"}, timeout=5.0)
+            return protocol.ok(**self.devices.current())
         if cmd == "shutdown":
             self._stopping = True
             if self.state in (CallState.STARTING, CallState.IN_CALL):
@@ -314,7 +308,7 @@ class Controller:
 
     # -- starting a call --------------------------------------------------------
 
-    def start_call(self, agent: str | None, base_url: str | None,
+    def start_call(self, agent: str | None,
                    clone_voice: str | None = None) -> dict[str, Any]:
         clone_voice = (clone_voice if clone_voice is not None else self.config.clone_voice)
         if clone_voice is not None and not clone_voice.strip():
@@ -328,7 +322,7 @@ class Controller:
             return protocol.error("the audio process is not running")
         agent = agent or self.config.agent
         call_id = new_call_id()
-        self.call = Call(call_id, agent, base_url or self.config.base_url,
+        self.call = Call(call_id, agent, self.config.base_url,
                          self.config.record_dir / call_id,
                          clone_voice=clone_voice.strip() if clone_voice else None)
         self.calls_started += 1
@@ -345,12 +339,14 @@ class Controller:
         """What the agent process is started (or prepared) with; None while unknown."""
         if self.audio is None:
             return None
+        requires_auth = self.has_key
         if agent == "local":
             if self.server is None or not self.server.poll_ready():
                 return None
             base_url = self.server.base_url
+            requires_auth = False  # the user's key is not the local server's business
         return {"agent_id": agent, "rings": self.audio.ring_prefix, "base_url": base_url,
-                "requires_auth": self.has_key}
+                "requires_auth": requires_auth}
 
     def _prepare_standby(self) -> None:
         """Have a ready standby build the default agent's session before any call asks.
@@ -465,14 +461,18 @@ class Controller:
             return protocol.ok(call_id=self.call.call_id, already_ending=True)
         if self.state not in (CallState.STARTING, CallState.IN_CALL) or self.call is None:
             return protocol.error("no call to hang up")
-        audio = self._end_call("hangup")
+        # Timed from the frame's arrival: whatever it waited for counts.
+        audio = self._end_call("hangup", at=self.requests.received_at or None)
         return protocol.ok(call_id=self.call.call_id, audio=audio)
 
-    def _end_call(self, reason: str, failed: bool = False) -> dict[str, Any] | None:
-        """Silence and stop the audio, tell the agent to end, arm the kill; → ending."""
+    def _end_call(self, reason: str, failed: bool = False,
+                  at: float | None = None) -> dict[str, Any] | None:
+        """Silence and stop the audio, tell the agent to end, arm the kill; → ending.
+
+        ``at``: when the hangup arrived (``time.monotonic()``), default now."""
         call = self.call
         assert call is not None
-        call.hangup_at = time.monotonic()
+        call.hangup_at = at if at is not None else time.monotonic()
         call.end_reason = reason
         self._failed = failed
         audio_reply = None
@@ -652,3 +652,4 @@ class Controller:
             if path.startswith("ipc://"):
                 Path(path[len("ipc://"):]).unlink(missing_ok=True)
         shutil.rmtree(self.private, ignore_errors=True)
+        self._endpoint_lock.release()  # last: the sockets above were ours to remove

@@ -41,6 +41,7 @@ from engine.audio_process import ring_names
 from engine.credentials import ConfigError, Credentials, load_credentials
 from engine.ring import AudioRing
 from engine.ring_audio import RingAudioInterface
+from engine.serving import RequestSocket
 
 EXPECTED_FORMAT = "pcm_16000"
 HTTP_TIMEOUT = 10.0
@@ -340,6 +341,7 @@ def _serve(socket: zmq.Socket, credentials: Credentials, events: EventPusher,
            wakeup: Wakeup) -> int:
     session: AgentSession | None = None
     state = "standby"
+    requests = RequestSocket(socket, protocol.AGENT_COMMANDS)
     poller = zmq.Poller()
     poller.register(socket, zmq.POLLIN)
     poller.register(wakeup.read_fd, zmq.POLLIN)
@@ -355,11 +357,8 @@ def _serve(socket: zmq.Socket, credentials: Credentials, events: EventPusher,
             session.refresh()
         if socket not in ready:
             continue
-        frame = socket.recv()
-        try:
-            request = protocol.decode_request(frame, protocol.AGENT_COMMANDS)
-        except protocol.ProtocolError as exc:
-            socket.send(protocol.encode(protocol.error(str(exc))))
+        request = requests.receive()
+        if request is None:
             continue
         cmd = request["cmd"]
         reply: dict[str, Any]
@@ -395,7 +394,7 @@ def _serve(socket: zmq.Socket, credentials: Credentials, events: EventPusher,
             if session is None or state == "standby":
                 if session is not None:
                     session.close()
-                socket.send(protocol.encode(protocol.ok(state="standby")))
+                requests.reply(protocol.ok(state="standby"))
                 return 0
             if state != "ending":
                 state = "ending"
@@ -405,7 +404,7 @@ def _serve(socket: zmq.Socket, credentials: Credentials, events: EventPusher,
             reply = protocol.error(f"{cmd}: not handled by the agent process")
         if credentials.api_key:
             reply = _scrub(reply, credentials.api_key)
-        socket.send(protocol.encode(reply))
+        requests.reply(reply)
 
 
 def _scrub(reply: dict[str, Any], secret: str) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from engine.devices import AudioDevice, DeviceError
 from engine.echo import EchoCanceller, EchoThread, EchoUnavailable, InlineEcho
 from engine.recorder import CallRecorder
 from engine.ring import SAMPLE_RATE, AudioRing
+from engine.serving import RequestSocket
 
 PLAYBACK_CAPACITY = 1 << 17
 """Playback ring, frames: 8.2 s at 16 kHz. The agent streams faster than real
@@ -259,21 +260,23 @@ def _round(value: float) -> float | None:
 
 def serve(engine: AudioEngine, socket: zmq.Socket, stop: threading.Event | None = None) -> None:
     """Answer requests on a bound REP ``socket`` until ``shutdown`` (or ``stop`` is set)."""
+    requests = RequestSocket(socket, protocol.AUDIO_COMMANDS)
     poller = zmq.Poller()
     poller.register(socket, zmq.POLLIN)
     while stop is None or not stop.is_set():
         if not poller.poll(100):
             continue
-        frame = socket.recv()
-        try:
-            request = protocol.decode_request(frame, protocol.AUDIO_COMMANDS)
-        except protocol.ProtocolError as exc:
-            socket.send(protocol.encode(protocol.error(str(exc))))
+        request = requests.receive()
+        if request is None:
             continue
         if request["cmd"] == "shutdown":
-            socket.send(protocol.encode(protocol.ok()))
+            requests.reply(protocol.ok())
             return
-        socket.send(protocol.encode(engine.handle(request)))
+        try:
+            reply = engine.handle(request)
+        except Exception as exc:  # a bug must not take the call down with it
+            reply = protocol.error(f"internal error: {type(exc).__name__}: {exc}")
+        requests.reply(reply)
 
 
 def list_all_devices() -> list[dict[str, Any]]:

@@ -23,6 +23,8 @@ from typing import Any
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024
 """Largest accepted request frame, in bytes; a larger one gets an error reply."""
+MAX_NUMBER = 2**53
+"""Largest magnitude of a number field (JSON's exact-integer range); also refuses NaN."""
 MAX_FRAME_BYTES = 1024 * 1024
 """ZMQ_MAXMSGSIZE on every socket: past this ZeroMQ drops the sender's connection
 unread, so a flood of huge frames cannot exhaust memory."""
@@ -118,10 +120,10 @@ PUBLIC_COMMANDS: dict[str, dict[str, Field]] = {
     # {"cmd": "status"} -> {"ok": true, "state": "idle"|"starting"|"in_call"|"ending"|"failed",
     #   "call": {...}|null, "events": ENDPOINT, "protocol": 1, ...}      `callctl status`
     "status": {},
-    # {"cmd": "call", "agent": "local"|AGENT_ID, "base_url": URL, "clone_voice": NAME}
+    # {"cmd": "call", "agent": "local"|AGENT_ID, "clone_voice": NAME}
     #   -> {"ok": true, "call_id": ID}                                        `callctl call`
-    "call": {"agent": Field(_OPT_STR), "base_url": Field(_OPT_STR),
-             "clone_voice": Field(_OPT_STR)},
+    # No base_url: where the API key may go is the controller's configuration alone.
+    "call": {"agent": Field(_OPT_STR), "clone_voice": Field(_OPT_STR)},
     # {"cmd": "cancel_clone"} -> {"ok": true, "call_id": ID}: stop a voice clone in progress
     "cancel_clone": {},
     # {"cmd": "hangup"} -> {"ok": true, "call_id": ID, "audio": {...timings}}
@@ -165,7 +167,8 @@ def decode_request(frame: bytes, commands: dict[str, dict[str, Field]]) -> dict[
         raise ProtocolError(f"request too large: {len(frame)} bytes (limit {MAX_MESSAGE_BYTES})")
     try:
         msg = json.loads(frame.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # ValueError also covers integers past Python's digit limit.
         raise ProtocolError(f"request is not JSON: {str(exc)[:80]}") from None
     if not isinstance(msg, dict):
         raise ProtocolError(f"request must be a JSON object, got {type(msg).__name__}")
@@ -187,6 +190,8 @@ def decode_request(frame: bytes, commands: dict[str, dict[str, Field]]) -> dict[
             raise ProtocolError(f"{cmd}: field {key!r} must be {field.describe()}")
         if not isinstance(value, field.types):
             raise ProtocolError(f"{cmd}: field {key!r} must be {field.describe()}")
+        if isinstance(value, int | float) and not abs(value) <= MAX_NUMBER:
+            raise ProtocolError(f"{cmd}: field {key!r} is out of range")
     for key, field in spec.items():
         if field.required and key not in msg:
             raise ProtocolError(f"{cmd}: missing field {key!r}")

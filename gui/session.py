@@ -43,6 +43,8 @@ START_TIMEOUT_S = 45.0
 POLL_MS = 1000
 """``status`` safety-net poll while ready (also how an unresponsive controller is noticed)."""
 DEVICES_TIMEOUT_S = 8.0
+DEVICES_RETRY_MS = 300
+"""While the controller is still listing devices, ask again this often (ms)."""
 """The audio process enumerates devices through PortAudio, which can take seconds."""
 CALL_TIMEOUT_S = 5.0
 
@@ -257,6 +259,10 @@ class Session(QObject):
             self.link.request({"cmd": "devices"}, self._on_devices, timeout=DEVICES_TIMEOUT_S)
 
     def _on_devices(self, reply: dict[str, Any]) -> None:
+        if reply.get("ok") and reply.get("pending"):
+            # The controller lists devices off its loop; ask again once it has them.
+            QTimer.singleShot(DEVICES_RETRY_MS, self.request_devices)
+            return
         if reply.get("ok") and isinstance(reply.get("devices"), list):
             self.devices_changed.emit(reply["devices"])
 

@@ -3,6 +3,7 @@ without keys needs --insecure (and says so at start)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -79,3 +80,61 @@ def test_tcp_without_keys_needs_insecure_and_warns_when_given(tmp_path: Path) ->
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_call_request_cannot_choose_where_the_api_key_goes(serve: Any) -> None:
+    import http.server
+    import threading
+
+    heard: list[str] = []
+
+    class Listener(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            heard.append(str(self.headers))
+            self.send_response(404)
+            self.end_headers()
+
+        do_POST = do_GET  # noqa: N815
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Listener)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        # The configured service: loopback, nothing listening (no traffic leaves the machine).
+        served = serve("--agent", "agent_123", "--base-url", "http://127.0.0.1:9",
+                       env={**os.environ, "ELEVENLABS_API_KEY": "sk-not-for-you"})
+        reply = served.request({"cmd": "call", "base_url": url})
+        assert not reply["ok"] and "unknown field 'base_url'" in reply["error"], reply
+        reply = served.request({"cmd": "call", "agent": "agent_456", "base_url": url})
+        assert not reply["ok"], reply
+        time.sleep(1.0)
+        assert heard == [], "the key went where a control client pointed it"
+        assert served.request({"cmd": "status"})["state"] == "idle"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_second_controller_never_takes_the_endpoint_of_a_busy_first(
+        serve: Any, tmp_path: Path) -> None:
+    import signal
+
+    first = serve()
+    socket_path = Path(first.endpoint[len("ipc://"):])
+    os.kill(first.proc.pid, signal.SIGSTOP)  # busy: it answers nothing for a while
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "controller.cli", "serve", "--endpoint", first.endpoint,
+             "--device", "virtual", "--speaker", str(tmp_path / "out2.wav"),
+             "--record-dir", str(tmp_path / "calls2"), "--no-standby"],
+            capture_output=True, text=True, timeout=30)
+    finally:
+        os.kill(first.proc.pid, signal.SIGCONT)
+    assert second.returncode != 0
+    assert "another controller is already serving" in second.stderr, second.stderr
+    assert socket_path.exists(), "the second one unlinked the first's socket"
+    assert first.request({"cmd": "ping"})["ok"], "the first still serves its endpoint"
