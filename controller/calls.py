@@ -19,7 +19,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from controller.postcall import CALLER, RECORDING, SUMMARY, TRANSCRIPT
+from controller.postcall import (
+    CALLER,
+    FAILED_NOTE,
+    JOB_FILE,
+    RECORDING,
+    SUMMARY,
+    TRANSCRIPT,
+    read_failure_note,
+)
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE = 0, 1, 2
 
@@ -64,8 +72,14 @@ class CallFolder:
             "voice_id": s.get("voice_id"),
             "voice_status": voice.get("status"),
             "complete": self.summary is not None,
+            "postcall_error": self.postcall_error,
             "folder": str(self.path),
         }
+
+    @property
+    def postcall_error(self) -> str | None:
+        """Why the post-call work failed, when it left a note (``FAILED_NOTE``)."""
+        return read_failure_note(self.path)
 
 
 def default_record_dir() -> Path:
@@ -84,7 +98,8 @@ def load_calls(record_dir: Path) -> list[CallFolder]:
         if not path.is_dir() or path.name.startswith("."):
             continue
         summary = _read_json(path / SUMMARY)
-        if summary is None and not (path / RECORDING).exists():
+        if summary is None and not any((path / name).exists()
+                                       for name in (RECORDING, FAILED_NOTE, JOB_FILE)):
             continue
         calls.append(CallFolder(path, summary))
     epoch = datetime.min.replace(tzinfo=UTC)
@@ -187,7 +202,7 @@ def _voice(row: dict[str, Any]) -> str:
     if row["voice_id"]:
         return str(row["voice_id"])
     if not row["complete"]:
-        return "(saving…)"
+        return "(post-call failed)" if row.get("postcall_error") else "(saving…)"
     return f"({row['voice_status']})" if row["voice_status"] else "—"
 
 
@@ -216,7 +231,9 @@ def print_show(call: CallFolder, out: Any) -> None:
     s = call.summary or {}
     t = s.get("timings") or {}
     print(f"call {printable(call.call_id)}", file=out)
-    if call.summary is None:
+    if call.postcall_error:
+        print(f"  post-call work failed: {printable(call.postcall_error)}", file=out)
+    elif call.summary is None:
         print("  (post-call work not finished: no summary yet)", file=out)
     fields = [
         ("when", _when(call)),

@@ -40,7 +40,7 @@ from controller.call import Call, CallState, new_call_id
 from controller.curve import ServerKeys
 from controller.device_list import DeviceList
 from controller.endpoint_lock import EndpointLock
-from controller.postcall import PostcallRunner, make_call_folder
+from controller.postcall import PostcallRunner, make_call_folder, reserve_failure_note
 from engine import protocol
 from engine.agent_client import AgentProcess, AgentServerProcess
 from engine.audio_client import AudioProcess, AudioProcessError, unlink_rings
@@ -223,6 +223,7 @@ class Controller:
             if on_ready is not None:
                 on_ready()
             self.devices.refresh()  # in the background: ready when a window asks
+            self.postcall.resume(self.config.record_dir)  # what a dead controller left
             if self.config.agent == "local":
                 # Up before the first call, so the standby can be prepared for it.
                 self._spawn_server()
@@ -389,6 +390,7 @@ class Controller:
         assert self.audio is not None
         try:
             make_call_folder(call.record_dir)
+            reserve_failure_note(call.record_dir)
         except OSError as exc:  # EACCES, EROFS, ENOTDIR, ENOSPC: this call fails, not us
             self._end_call(f"cannot create the call folder {call.record_dir}: "
                            f"{exc.strerror or exc}", failed=True)
@@ -518,7 +520,7 @@ class Controller:
         self._set_state(CallState.FAILED if failed else CallState.IDLE,
                         call.end_reason if failed else None)
         # After call.ended: the files and any voice clone, in a process of their own.
-        self.postcall.spawn(
+        self.postcall.spawn(  # a failure is published by the next _tick
             call, failed=failed,
             base_url=self.server.base_url if call.agent == "local" and self.server
             else call.base_url,
@@ -529,6 +531,8 @@ class Controller:
 
     def _tick(self) -> None:
         now = time.monotonic()
+        for failure in self.postcall.take_failures():
+            self.publish(protocol.EVENT_POSTCALL, **failure)
         if self._stop_requested and not self._stopping:
             self.handle({"cmd": "shutdown"})
         for agent in (self.standby, self.agent):

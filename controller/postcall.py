@@ -76,6 +76,12 @@ RECORDING = "recording.wav"
 CALLER = "caller.wav"
 TRANSCRIPT = "transcript.jsonl"
 SUMMARY = "summary.json"
+FAILED_NOTE = "postcall-failed.txt"
+"""Why the post-call work could not run or did not finish, one line; `callctl calls`
+shows it. Its space is reserved when the call starts (``reserve_failure_note``:
+``NOTE_BYTES`` of NULs), so the note can be written on a disk that filled up
+during the call; the post-call work removes it when it has finished."""
+NOTE_BYTES = 512
 SUMMARY_VERSION = 1
 
 MIN_SPEECH_ENV = "CALLCTL_CLONE_MIN_SPEECH_S"
@@ -147,6 +153,7 @@ class _Running:
     call_id: str
     clone: bool
     stage: str = "saving"
+    folder: Path | None = None
 
 
 class PostcallRunner:
@@ -165,6 +172,7 @@ class PostcallRunner:
         self.config_path = config_path
         self._running: dict[int, _Running] = {}
         self._xruns_base: tuple[int, dict[str, int]] | None = None
+        self._failures: list[dict[str, Any]] = []
 
     def spawn(self, call: Call, *, failed: bool, base_url: str | None, audio_pid: int | None,
               audio_status: dict[str, Any] | None) -> int | None:
@@ -204,15 +212,62 @@ class PostcallRunner:
             path = call.record_dir / JOB_FILE
             with open_private(path) as out:
                 out.write(json.dumps(job))
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "controller.postcall", "--job", str(path)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr,
-                env=_child_env(), preexec_fn=_preexec, start_new_session=True)
+            return self._start(path, call.call_id, bool(call.clone_voice))
         except Exception as exc:  # never take the controller's loop down with it
-            call.errors.append(f"post-call work not started: {type(exc).__name__}: {exc}")
+            message = f"post-call work not started: {type(exc).__name__}: {exc}"
+            call.errors.append(message)
+            self._failed(call.record_dir, call.call_id, message)
             return None
-        self._running[popen.pid] = _Running(popen, call.call_id, bool(call.clone_voice))
+
+    def _start(self, job_path: Path, call_id: str, clone: bool) -> int:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "controller.postcall", "--job", str(job_path)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr,
+            env=_child_env(), preexec_fn=_preexec, start_new_session=True)
+        self._running[popen.pid] = _Running(popen, call_id, clone, folder=job_path.parent)
         return popen.pid
+
+    def resume(self, record_dir: Path) -> list[str]:
+        """At start: the calls a controller that died left unfinished (a job file and no
+        summary) get their post-call work again, or, when their job cannot be read, are
+        marked failed (``FAILED_NOTE``). Returns their call ids."""
+        resumed: list[str] = []
+        if not record_dir.is_dir():
+            return resumed
+        for folder in sorted(record_dir.iterdir()):
+            job_path = folder / JOB_FILE
+            if not job_path.is_file() or (folder / SUMMARY).exists() \
+                    or read_failure_note(folder):
+                continue
+            resumed.append(folder.name)
+            try:
+                job = json.loads(job_path.read_text())
+                if not isinstance(job, dict):
+                    raise ValueError("not an object")
+                job["audio_pid"] = None  # that audio process is gone: its file is final
+                job["events"] = self.events_endpoint
+                job["clone_voice"] = None  # nobody waits for it now; cloning is asked anew
+                with open_private(job_path) as out:
+                    out.write(json.dumps(job))
+                self._start(job_path, folder.name, False)
+            except Exception as exc:
+                self._failed(folder, folder.name, "post-call work did not finish before the "
+                             f"controller stopped, and cannot be resumed: {exc}")
+        return resumed
+
+    def _failed(self, folder: Path | None, call_id: str, message: str) -> None:
+        """Post-call work that failed outside its process: an event to publish
+        (``take_failures``) and, if the disk lets us, the note in the call folder."""
+        self._failures.append({"call_id": call_id, "stage": "failed", "progress": None,
+                               "message": message, "voice_id": None})
+        if folder is not None:
+            write_failure_note(folder, message)  # a full disk: its space was reserved
+
+    def take_failures(self) -> list[dict[str, Any]]:
+        """``postcall`` event fields of failures since the last call (loop thread)."""
+        self.reap()
+        failures, self._failures = self._failures, []
+        return failures
 
     def _call_xruns(self, pid: int | None,
                     status: dict[str, Any] | None) -> dict[str, int] | None:
@@ -265,10 +320,15 @@ class PostcallRunner:
         return protocol.error("no voice clone in progress")
 
     def reap(self) -> None:
-        """Forget the processes that have exited (never waits)."""
+        """Forget the processes that have exited (never waits); one that exited before its
+        final stage (a full disk, a crash, a job it could not read) is a failure."""
         for pid, run in list(self._running.items()):
-            if run.popen.poll() is not None:
+            code = run.popen.poll()
+            if code is not None:
                 del self._running[pid]
+                if run.stage not in FINAL_STAGES:
+                    self._failed(run.folder, run.call_id, "post-call work stopped before "
+                                 f"finishing (exit {code}) at stage {run.stage!r}")
 
     @property
     def running(self) -> list[int]:
@@ -421,6 +481,41 @@ def make_call_folder(folder: Path) -> None:
         info = path.stat()
         if stat.S_IMODE(info.st_mode) != 0o700 and info.st_uid == os.getuid():
             os.chmod(path, 0o700)
+
+
+def reserve_failure_note(folder: Path) -> None:
+    """At the call's start: ``FAILED_NOTE`` filled with NULs, its blocks taken now."""
+    fd = os.open(folder / FAILED_NOTE, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, b"\0" * NOTE_BYTES)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_failure_note(folder: Path, message: str) -> bool:
+    """Write ``message`` over the reserved note, in place (no new block); False if even that
+    failed."""
+    data = (message.replace("\n", " ")[: NOTE_BYTES - 1] + "\n").encode(errors="replace")
+    data = data[:NOTE_BYTES].ljust(NOTE_BYTES, b"\0")
+    try:
+        fd = os.open(folder / FAILED_NOTE, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        return True
+    except OSError:
+        return False
+
+
+def read_failure_note(folder: Path) -> str | None:
+    """The note's text; None when there is none (or only the reservation)."""
+    try:
+        text = (folder / FAILED_NOTE).read_bytes().rstrip(b"\0").decode(errors="replace")
+    except OSError:
+        return None
+    return text.strip() or None
 
 
 def open_private(path: Path, binary: bool = False) -> IO[Any]:
@@ -763,6 +858,10 @@ class Postcall:
                                         notes=self.notes)
         self._save_summary()
         (self.folder / JOB_FILE).unlink(missing_ok=True)
+        if stage == "failed":
+            write_failure_note(self.folder, message)
+        else:
+            (self.folder / FAILED_NOTE).unlink(missing_ok=True)
         self.report(stage, 1.0 if stage == "done" else None, message, voice_id)
         return {"done": 0, "failed": 1, "cancelled": 3}[stage]
 
@@ -892,10 +991,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return work.run()
     except Exception as exc:  # a bug or a full disk: say so once, in one line
+        message = work.scrub(f"post-call work failed: {type(exc).__name__}: {exc}")
         try:
-            work._finish("failed", f"post-call work failed: {type(exc).__name__}: {exc}")
+            work._finish("failed", message)
         except Exception:
-            reporter("failed", None, f"post-call work failed: {type(exc).__name__}: {exc}")
+            write_failure_note(args.job.parent, message)
+            reporter("failed", None, message)
         raise
     finally:
         reporter.close()

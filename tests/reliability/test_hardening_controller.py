@@ -138,3 +138,50 @@ def test_a_second_controller_never_takes_the_endpoint_of_a_busy_first(
     assert "another controller is already serving" in second.stderr, second.stderr
     assert socket_path.exists(), "the second one unlinked the first's socket"
     assert first.request({"cmd": "ping"})["ok"], "the first still serves its endpoint"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 160 KB tmpfs: about 2.5 s of stereo 16 kHz recording fills it."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mount)],
+                   check=True, timeout=10)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], timeout=10)
+
+
+def test_a_full_disk_fails_the_post_call_work_loudly(serve: Any, small_disk: Path) -> None:
+    served = serve("--record-dir", str(small_disk), "--clone-voice", "caller")
+    call_id = served.request({"cmd": "call"})["call_id"]
+    served.wait_state("in_call")
+    time.sleep(4.0)  # the recording fills the disk
+    sent = time.monotonic()
+    assert served.request({"cmd": "hangup"})["ok"]
+    failed = served.collect(20, until="postcall", where={"stage": "failed"})
+    assert failed is not None and failed["call_id"] == call_id, served.named("postcall")
+    assert time.monotonic() - sent < 20
+    shown = subprocess.run([sys.executable, "-m", "controller.cli", "calls", "show", call_id,
+                            "--record-dir", str(small_disk)],
+                           capture_output=True, text=True, timeout=30)
+    assert "post-call work failed" in shown.stdout, shown.stdout + shown.stderr
+    listed = subprocess.run([sys.executable, "-m", "controller.cli", "calls",
+                             "--record-dir", str(small_disk)],
+                            capture_output=True, text=True, timeout=30)
+    assert "(post-call failed)" in listed.stdout, listed.stdout
+
+
+def test_call_clone_voice_returns_soon_with_1_when_the_post_call_work_fails(
+        tmp_path: Path, small_disk: Path) -> None:
+    began = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "controller.cli", "call", "--device", "virtual",
+         "--speaker", str(tmp_path / "out.wav"), "--record-dir", str(small_disk),
+         "--endpoint", f"ipc://{tmp_path}/control", "--hangup-after", "4",
+         "--clone-voice", "caller", "--no-standby"],
+        capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "voice clone failed" in done.stdout + done.stderr, done.stdout + done.stderr
+    assert time.monotonic() - began < 60, "it did not wait out the 600 s"
