@@ -43,7 +43,12 @@ from controller.endpoint_lock import EndpointLock
 from controller.postcall import PostcallRunner, make_call_folder, reserve_failure_note
 from engine import protocol
 from engine.agent_client import AgentProcess, AgentServerProcess
-from engine.audio_client import AudioProcess, AudioProcessError, unlink_rings
+from engine.audio_client import (
+    AudioProcess,
+    AudioProcessError,
+    sweep_stale_segments,
+    unlink_rings,
+)
 from engine.credentials import load_credentials
 from engine.serving import RequestSocket
 
@@ -219,6 +224,7 @@ class Controller:
         ``on_ready`` is called once the audio process answers, before the loop.
         """
         try:
+            sweep_stale_segments()  # a dead controller's, SIGKILLed with its children
             self._start_audio()
             if on_ready is not None:
                 on_ready()

@@ -25,6 +25,7 @@ from typing import IO, Any
 import zmq
 
 from engine import lifeline, protocol
+from engine.credentials import without_secrets
 
 
 def _child_env(env: dict[str, str] | None) -> dict[str, str]:
@@ -161,8 +162,9 @@ class AgentServerProcess:
         cmd = [sys.executable, "-m", "engine.agent_server", "--host", "127.0.0.1", "--port", "0",
                *(extra_args or [])]
         self.spawned_at = time.monotonic()
+        # The user's key is not the local server's business.
         self.popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=stderr, env=_child_env(env),
+                                      stderr=stderr, env=without_secrets(_child_env(env)),
                                       preexec_fn=lifeline.pdeathsig_preexec)
         self.base_url: str | None = None
         self._buffered = b""

@@ -22,6 +22,7 @@ import zmq
 
 from engine import lifeline, protocol
 from engine.audio_process import ring_names
+from engine.credentials import without_secrets
 
 
 class AudioProcessError(RuntimeError):
@@ -86,7 +87,8 @@ class AudioProcess:
         self.ring_prefix = ring_prefix
         cmd = [sys.executable, "-m", "engine.audio_process",
                "--control", control, "--rings", ring_prefix, *(extra_args or [])]
-        child_env = dict(os.environ if env is None else env)
+        # Never the API key: the audio process and its resource tracker have no use for it.
+        child_env = without_secrets(dict(os.environ if env is None else env))
         root = str(Path(__file__).resolve().parent.parent)
         child_env["PYTHONPATH"] = root + os.pathsep + child_env.get("PYTHONPATH", "")
         self.popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=stderr, env=child_env,
@@ -130,8 +132,13 @@ class AudioProcess:
 
 
 def unlink_rings(prefix: str) -> None:
-    """Remove the rings of ``prefix`` if they still exist (after a child's SIGKILL)."""
-    for name in ring_names(prefix):
+    """Remove every segment of the audio process of ``prefix`` that still exists (after
+    its SIGKILL): the two rings, and its echo and recorder rings, ``<prefix>-…``."""
+    names = set(ring_names(prefix))
+    shm = Path("/dev/shm")  # where Linux keeps POSIX shared memory
+    if shm.is_dir():
+        names.update(p.name for p in shm.glob(f"{prefix}-*"))
+    for name in sorted(names):
         try:
             seg = shared_memory.SharedMemory(name, create=False)
         except FileNotFoundError:
@@ -141,3 +148,31 @@ def unlink_rings(prefix: str) -> None:
             seg.unlink()
         except FileNotFoundError:
             pass  # the dead owner's resource tracker got there first
+
+
+def sweep_stale_segments() -> list[str]:
+    """Unlink the segments of controllers that are gone: ``callctl-<pid>-…`` in /dev/shm
+    whose ``pid`` no longer runs (a whole process group SIGKILLed leaves them, as no
+    process of it lived to clean up). Returns the names removed."""
+    shm = Path("/dev/shm")
+    removed: list[str] = []
+    if not shm.is_dir():
+        return removed
+    for path in shm.glob("callctl-*-*"):
+        pid_text = path.name.split("-")[1]
+        if not pid_text.isdigit():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue  # alive (or not ours to judge): leave it
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        try:
+            path.unlink()
+            removed.append(path.name)
+        except OSError:
+            pass
+    return removed
+

@@ -90,6 +90,9 @@ class AudioEngine:
         max_core = core_period + 64
         self.callback = DuplexCallback(playback, capture, max_core, fade_frames=fade)
         bridge = RateBridge(self.callback.process, device.rate, device.period_frames)
+        self.segment_prefix = playback.name.removesuffix("-play")
+        """Every shared-memory segment of this process is named ``<prefix>-…``."""
+        self._recordings = 0
         self.echo: EchoThread | InlineEcho | None = None
         self.aec_error: str | None = None
         if aec:
@@ -97,7 +100,8 @@ class AudioEngine:
                 canceller = EchoCanceller(stream_delay_ms(device, bridge),
                                           noise_suppression=noise_suppression)
                 self.echo = (InlineEcho(capture, canceller) if device.handler_may_wait
-                             else EchoThread(capture, canceller, max_core))
+                             else EchoThread(capture, canceller, max_core,
+                                             ring_name=f"{self.segment_prefix}-echo"))
             except (EchoUnavailable, RuntimeError, OSError) as exc:
                 self.aec_error = str(exc)
                 print(f"audio process: no echo cancellation: {exc}", file=sys.stderr)
@@ -162,7 +166,10 @@ class AudioEngine:
             self.echo.reset()  # the last call's frames never reach this call's capture
         self.capture.flush()
         if record:
-            self._recorder = CallRecorder(record, self.callback.max_period_frames)
+            self._recordings += 1
+            self._recorder = CallRecorder(
+                record, self.callback.max_period_frames,
+                ring_name=f"{self.segment_prefix}-rec{self._recordings}")
             self.recording = self._recorder.path
         else:
             self._recorder, self.recording = None, None

@@ -70,3 +70,14 @@ def load_credentials(path: Path | None = None, base_url: str | None = None) -> C
         agent_id=str(agent_id) if agent_id else None,
         base_url=str(url).rstrip("/"),
     )
+
+
+SECRET_VARIABLES = ("ELEVENLABS_API_KEY",)
+"""Environment variables a child must not inherit unless it needs the key."""
+
+
+def without_secrets(env: dict[str, str]) -> dict[str, str]:
+    """``env`` less ``SECRET_VARIABLES``: for children that never use the API key (the audio
+    process and its resource tracker, the local agent server)."""
+    return {k: v for k, v in env.items() if k not in SECRET_VARIABLES}
+

@@ -217,11 +217,12 @@ class EchoThread(_EchoStage):
         max_period_frames: int,
         poll_s: float = 0.010,
         idle_poll_s: float = 0.02,
+        ring_name: str | None = None,
     ) -> None:
         super().__init__(capture, canceller)
         self.poll_s = poll_s
         self.idle_poll_s = idle_poll_s
-        self._ring = AudioRing.create(PAIR_RING_CAPACITY)
+        self._ring = AudioRing.create(PAIR_RING_CAPACITY, ring_name)
         self._pairs = np.zeros(2 * max(max_period_frames, FRAME), np.int16)
         # Requests from the control thread: counters the canceller thread catches up with.
         self._reset_requests = 0

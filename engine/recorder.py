@@ -33,13 +33,16 @@ class CallRecorder:
         max_period_frames: int,
         flush_interval: float = 0.25,
         rate: int = SAMPLE_RATE,
+        ring_name: str | None = None,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.flush_interval = flush_interval
         self.error: str | None = None
         # Four seconds of stereo slack: the writer drains four times a second.
-        self._ring = AudioRing.create(next_power_of_two(2 * rate * 4))
+        # Named by the audio process after its rings, so a parent that outlives it
+        # finds this segment too (``engine.audio_client.unlink_rings``).
+        self._ring = AudioRing.create(next_power_of_two(2 * rate * 4), ring_name)
         self._frame = np.zeros(2 * max_period_frames, np.int16)
         self._dropped = 0
         self._wav: GrowingWav | None = None

@@ -185,3 +185,94 @@ def test_call_clone_voice_returns_soon_with_1_when_the_post_call_work_fails(
     assert done.returncode == 1, done.stdout + done.stderr
     assert "voice clone failed" in done.stdout + done.stderr, done.stdout + done.stderr
     assert time.monotonic() - began < 60, "it did not wait out the 600 s"
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
+
+
+def _descendants(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True,
+                         timeout=5).stdout.split("\n")
+    children: dict[int, list[int]] = {}
+    for line in out:
+        if line.strip():
+            child, parent = map(int, line.split())
+            children.setdefault(parent, []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_the_api_key_reaches_only_the_processes_that_use_it(serve: Any) -> None:
+    served = serve(env={**os.environ, "ELEVENLABS_API_KEY": "sk-only-for-the-agent"})
+    assert served.request({"cmd": "call"})["ok"]
+    status = served.wait_state("in_call")
+    pids = status["pids"]
+    audio, server = pids["audio"], pids["agent_server"]
+    assert audio and server
+    keyless = [audio, server, *_descendants(audio)]  # the audio process's resource tracker too
+    for pid in keyless:
+        assert "ELEVENLABS_API_KEY" not in _environ(pid), pid
+    assert _environ(pids["agent"]).get("ELEVENLABS_API_KEY") == "sk-only-for-the-agent"
+    assert served.request({"cmd": "hangup"})["ok"]
+
+
+def test_a_controller_killed_with_its_children_leaves_no_segment_behind(
+        tmp_path: Path) -> None:
+    import signal
+
+    def segments(pid: int) -> set[str]:
+        return {p.name for p in Path("/dev/shm").glob(f"callctl-{pid}-*")}
+
+    endpoint = f"ipc://{tmp_path}/control"
+    argv = [sys.executable, "-m", "controller.cli", "serve", "--endpoint", endpoint,
+            "--device", "virtual", "--speaker", str(tmp_path / "out.wav"),
+            "--record-dir", str(tmp_path / "calls")]
+    first = subprocess.Popen(argv, stderr=subprocess.DEVNULL, start_new_session=True)
+    from engine.audio_client import ControlClient
+
+    client = ControlClient(endpoint)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.request({"cmd": "ping"}, timeout=1)
+                break
+            except TimeoutError:
+                assert time.monotonic() < deadline
+        assert client.request({"cmd": "call"})["ok"]
+        deadline = time.monotonic() + 20
+        while client.request({"cmd": "status"})["state"] != "in_call":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        left = segments(first.pid)
+        assert any(name.endswith("-echo") for name in left), left
+        assert any("-rec" in name for name in left), left
+        os.killpg(first.pid, signal.SIGKILL)  # the controller and every child at once
+        first.wait(10)
+        time.sleep(0.5)
+        assert segments(first.pid) == left, "nobody was left to clean up"
+    finally:
+        client.close()
+    second = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+    client = ControlClient(endpoint)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.request({"cmd": "ping"}, timeout=1)
+                break
+            except TimeoutError:
+                assert time.monotonic() < deadline
+        assert segments(first.pid) == set(), "the next controller swept them"
+        client.request({"cmd": "shutdown"})
+        second.wait(15)
+    finally:
+        client.close()
+        if second.poll() is None:
+            second.kill()
