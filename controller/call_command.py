@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         if warning:
             print(warning, file=sys.stderr, flush=True)
         controller = Controller(config)
-    except (endpoints.EndpointError, ValueError, RuntimeError) as exc:
+    except (endpoints.EndpointError, ValueError, RuntimeError, OSError, zmq.ZMQError) as exc:
         print(f"callctl call: {exc}", file=sys.stderr)
         return EXIT_USAGE
     install_stop_signals(controller)

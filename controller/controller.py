@@ -498,8 +498,9 @@ class Controller:
                 call.stream_stopped_at = audio_reply.get("stopped_at")
             except TimeoutError:
                 call.errors.append("the audio process did not answer the hangup")
-        else:
-            call.audio_silent_at = call.stream_stopped_at = call.hangup_at
+        elif not call.audio_started:
+            call.audio_silent_at = call.stream_stopped_at = call.hangup_at  # nothing played
+        # else: the audio process is dead: when its sound stopped is unknown (None).
         self._audio_cache = None
         self._set_state(CallState.ENDING, reason if failed else None)
         return audio_reply

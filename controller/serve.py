@@ -14,6 +14,8 @@ import signal
 import sys
 from types import FrameType
 
+import zmq
+
 from controller import endpoints
 from controller.controller import Controller
 from controller.options import add_controller_options, controller_config
@@ -31,8 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         if warning:
             print(warning, file=sys.stderr, flush=True)
         controller = Controller(config)
-    except (endpoints.EndpointError, ValueError, RuntimeError, OSError) as exc:
-        print(f"callctl serve: {exc}", file=sys.stderr)
+    except (endpoints.EndpointError, ValueError, RuntimeError, OSError, zmq.ZMQError) as exc:
+        # zmq.ZMQError: the endpoint is taken ("Address already in use") or unusable.
+        print(f"callctl serve: cannot serve {args.endpoint or 'the default endpoint'}: {exc}"
+              if isinstance(exc, zmq.ZMQError) else f"callctl serve: {exc}", file=sys.stderr)
         return 2
     install_stop_signals(controller)
 

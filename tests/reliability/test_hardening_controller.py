@@ -276,3 +276,18 @@ def test_a_controller_killed_with_its_children_leaves_no_segment_behind(
         client.close()
         if second.poll() is None:
             second.kill()
+
+
+def test_a_tcp_port_in_use_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "controller.cli", "serve", "--endpoint",
+             f"tcp://127.0.0.1:{port}", "--insecure", "--device", "virtual",
+             "--record-dir", str(tmp_path / "calls")],
+            capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if "warning" not in line]
+    assert len(errors) == 1 and "Address already in use" in errors[0], done.stderr
