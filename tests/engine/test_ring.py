@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue
 from collections import deque
 
 import numpy as np
@@ -118,7 +119,20 @@ def test_two_processes_racing_writes_and_flushes(seed: int) -> None:
             out = np.zeros(512, np.int16)
             last_index = 0
             read = 0
+            mark = 0  # the latest producer flush this consumer knows was requested
+            marks_seen = 0
             while proc.is_alive() or ring.available():
+                # A mark is queued after its request_flush returned: once it is here, the
+                # next read must honour that flush, so nothing written before the mark
+                # (ring index below it) may be read after this point.
+                while True:
+                    try:
+                        m = marks.get_nowait()
+                    except queue.Empty:
+                        break
+                    if m >= 0:
+                        mark = max(mark, m)
+                        marks_seen += 1
                 if rng.random() < 0.01:
                     ring.flush()
                 got = ring.read_available_into(out[: int(rng.integers(1, 512))])
@@ -127,10 +141,14 @@ def test_two_processes_racing_writes_and_flushes(seed: int) -> None:
                 last_index = index
                 expect = (np.arange(index - got, index) % 30000 + 1).astype(np.int16)
                 assert np.array_equal(out[:got], expect), "played audio that is not at its index"
+                if got:
+                    assert index - got >= mark, (
+                        f"read index {index - got} written before a flush requested at {mark}")
                 read += got
             proc.join(timeout=30)
             assert proc.exitcode == 0
             assert read > total // 4
+            assert marks_seen > 10, "the producer's flushes were checked"
         finally:
             if proc.is_alive():
                 proc.kill()
