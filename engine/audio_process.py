@@ -127,8 +127,6 @@ class AudioEngine:
                 return self.hangup()
             if cmd == "ping":
                 return protocol.ok(protocol=protocol.PROTOCOL_VERSION)
-            if cmd == "devices":
-                return protocol.ok(devices=list_all_devices())
         except (DeviceError, OSError) as exc:
             return protocol.error(f"{cmd} failed: {exc}")
         return protocol.error(f"{cmd}: not handled by the audio process")

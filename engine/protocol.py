@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_MESSAGE_BYTES = 64 * 1024
 """Largest accepted request frame, in bytes; a larger one gets an error reply."""
 MAX_NUMBER = 2**53
@@ -62,8 +62,6 @@ AUDIO_COMMANDS: dict[str, dict[str, Field]] = {
     # {"cmd": "hangup"} -> {"ok": true, "received_at": t, "first_silent_at": t,
     #                        "stopped_at": t, ...}
     "hangup": {},
-    # {"cmd": "devices"} -> {"ok": true, "devices": [...]}
-    "devices": {},
     # {"cmd": "ping"} -> {"ok": true, "protocol": 1}
     "ping": {},
     # {"cmd": "shutdown"} -> {"ok": true}; the process then exits 0

@@ -47,9 +47,9 @@ class FakeController:
     def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
         cmd = request.get("cmd")
         if cmd == "ping":
-            return {"ok": True, "protocol": 1, "pid": 1}
+            return {"ok": True, "protocol": 2, "pid": 1}
         if cmd == "status":
-            return {"ok": True, "state": self.state, "reason": None, "protocol": 1,
+            return {"ok": True, "state": self.state, "reason": None, "protocol": 2,
                     "events": self.events_endpoint, "endpoint": self.endpoint, "call": None,
                     "last_call": None, "audio": {"ok": True, "device": "Fake device"}}
         if cmd == "devices":
