@@ -82,6 +82,8 @@ shows it. Its space is reserved when the call starts (``reserve_failure_note``:
 ``NOTE_BYTES`` of NULs), so the note can be written on a disk that filled up
 during the call; the post-call work removes it when it has finished."""
 NOTE_BYTES = 512
+LOCAL_SERVICE_KEY = "callctl-local-agent-server"
+"""What the local agent server is sent as the API key (it checks none)."""
 SUMMARY_VERSION = 1
 
 MIN_SPEECH_ENV = "CALLCTL_CLONE_MIN_SPEECH_S"
@@ -194,6 +196,7 @@ class PostcallRunner:
             "conversation_id": call.conversation_id,
             "clone_voice": call.clone_voice,
             "base_url": base_url,
+            "local_service": call.agent == "local",
             "started_unix": call.started_wall,
             "requested_at": call.requested_at,
             "connected_at": call.connected_at,
@@ -983,6 +986,10 @@ def main(argv: list[str] | None = None) -> int:
         api_key, base_url = credentials.api_key, credentials.base_url
     except ConfigError as exc:
         notes.append(str(exc))
+    if api_key and job.get("local_service"):
+        # The offline agent server stands in for ElevenLabs: it gets a stand-in key,
+        # never the user's.
+        api_key = LOCAL_SERVICE_KEY
     work = Postcall(job, args.job.parent, lambda *a, **k: None,
                     cancelled=lambda: state["cancelled"], api_key=api_key, base_url=base_url,
                     notes=notes)

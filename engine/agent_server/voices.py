@@ -95,8 +95,11 @@ class VoiceLibrary:
             return outcome
         name, samples = outcome
         total = sum(s.size for s in samples)
-        log.info("voices/add received: name %r, %d file(s), %d bytes", name[:40], len(samples),
-                 total)
+        # Which key came, without writing it: callctl sends its stand-in, never a user's.
+        key = request.headers.get(API_KEY_HEADER, "").strip()
+        log.info("voices/add received: name %r, %d file(s), %d bytes, key %s", name[:40],
+                 len(samples), total,
+                 "stand-in" if key == "callctl-local-agent-server" else "other")
         if self.delay_s > 0:
             await asyncio.sleep(self.delay_s)
         voice_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))

@@ -206,6 +206,9 @@ def test_a_call_leaves_four_valid_files_and_a_cloned_voice_then_a_short_one_is_r
     assert "trimming" in stages and "cloning" in stages
     progress = [e["progress"] for e in served.named("postcall") if e["call_id"] == call_id]
     assert progress == sorted(progress) and progress[-1] == 1.0
+    # The local agent server got callctl's stand-in key, not the user's.
+    assert "voices/add received: name 'Test caller'" in server_log(served)
+    assert ", key stand-in" in server_log(served) and ", key other" not in server_log(served)
 
     folder = tmp_path / "calls" / call_id
     assert sorted(p.name for p in folder.iterdir()) == sorted(FILES)  # job file gone
