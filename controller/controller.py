@@ -115,6 +115,30 @@ class Controller:
         self._endpoint_lock = EndpointLock.take(config.endpoint)
         self.ctx = zmq.Context()
         self.private = endpoints.private_dir_for(config.endpoint)
+        try:
+            self._setup(config)
+        except BaseException:
+            # A refused or failed start leaves nothing behind: sockets, keys' thread,
+            # the private directory, the lock.
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        for name in ("control", "pub", "pull"):
+            sock = getattr(self, name, None)
+            if sock is not None:
+                sock.close(0)
+        authenticator = getattr(self, "authenticator", None)
+        if authenticator is not None:
+            authenticator.stop()
+        self.ctx.term()
+        for path in (self.config.endpoint, getattr(self, "events_endpoint", "")):
+            if path.startswith("ipc://") and self._endpoint_lock.held:
+                Path(path[len("ipc://"):]).unlink(missing_ok=True)
+        shutil.rmtree(self.private, ignore_errors=True)
+        self._endpoint_lock.release()
+
+    def _setup(self, config: ControllerConfig) -> None:
         self.events_endpoint = endpoints.events_endpoint(config.endpoint)
         self.keys = ServerKeys.load(config.curve_dir) if config.curve_dir else None
         self.authenticator = self.keys.start_authenticator(self.ctx) if self.keys else None
@@ -147,24 +171,28 @@ class Controller:
 
     def _bind(self, kind: int, endpoint: str, public: bool = False) -> zmq.Socket:
         sock = self.ctx.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
-        if public and self.keys is not None:
-            self.keys.apply(sock)
-        if endpoint.startswith("ipc://"):
-            path = Path(endpoint[len("ipc://"):])
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
+            if public and self.keys is not None:
+                self.keys.apply(sock)
+            if endpoint.startswith("ipc://"):
+                path = Path(endpoint[len("ipc://"):])
+                if public:
+                    # We hold the endpoint's lock: a socket file there is a dead controller's.
+                    path.unlink(missing_ok=True)
+                sock.bind(endpoint)
+                os.chmod(path, 0o600)
+            else:
+                if "[" in endpoint:
+                    sock.ipv6 = True
+                sock.bind(endpoint)
             if public:
-                # We hold the endpoint's lock: a socket file there is a dead controller's.
-                path.unlink(missing_ok=True)
-            sock.bind(endpoint)
-            os.chmod(path, 0o600)
-        else:
-            if "[" in endpoint:
-                sock.ipv6 = True
-            sock.bind(endpoint)
-        if public:
-            # What libzmq bound, compared with what was checked (a refusal closes it).
-            endpoints.verify_bound(sock, endpoint, curve=self.keys is not None)
+                # What libzmq bound, compared with what was checked (a refusal closes it).
+                endpoints.verify_bound(sock, endpoint, curve=self.keys is not None)
+        except BaseException:
+            sock.close(0)  # else the context's term() would wait for it forever
+            raise
         return sock
 
     def _log(self, name: str) -> IO[Any] | None:

@@ -44,6 +44,11 @@ class EndpointLock:
             raise
         return cls(fd)
 
+    @property
+    def held(self) -> bool:
+        """True while this process holds an ipc endpoint's lock."""
+        return self._fd is not None
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

@@ -283,11 +283,16 @@ def test_a_tcp_port_in_use_is_one_line_not_a_traceback(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
+        runtime = tmp_path / "runtime"
+        runtime.mkdir(mode=0o700)
         done = subprocess.run(
             [sys.executable, "-m", "controller.cli", "serve", "--endpoint",
              f"tcp://127.0.0.1:{port}", "--insecure", "--device", "virtual",
              "--record-dir", str(tmp_path / "calls")],
-            capture_output=True, text=True, timeout=30)
+            capture_output=True, text=True, timeout=30,
+            env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)})
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if "warning" not in line]
     assert len(errors) == 1 and "Address already in use" in errors[0], done.stderr
+    left = [p for p in runtime.rglob("*") if p.is_dir()]
+    assert all(p.name == "callctl" for p in left), f"a refused start left {left}"
