@@ -142,13 +142,6 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _preexec() -> None:
-    """In the child before exec: SIGTERM held pending until ``main`` has its handler, then
-    SIGTERM when the controller dies (``engine.lifeline``)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    lifeline.pdeathsig_preexec()
-
-
 @dataclass
 class _Running:
     popen: subprocess.Popen[bytes]
@@ -223,10 +216,10 @@ class PostcallRunner:
             return None
 
     def _start(self, job_path: Path, call_id: str, clone: bool) -> int:
-        popen = subprocess.Popen(
+        popen = lifeline.spawn(
             [sys.executable, "-m", "controller.postcall", "--job", str(job_path)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr,
-            env=_child_env(), preexec_fn=_preexec, start_new_session=True)
+            env=_child_env(), start_new_session=True)
         self._running[popen.pid] = _Running(popen, call_id, clone, folder=job_path.parent)
         return popen.pid
 
@@ -966,7 +959,6 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # blocked by _preexec
     try:
         os.nice(10)  # after the call, never ahead of the next one
     except OSError:

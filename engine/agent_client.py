@@ -55,9 +55,8 @@ class AgentProcess:
         if config:
             cmd += ["--config", config]
         self.spawned_at = time.monotonic()
-        self.popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=stderr, env=_child_env(env),
-                                      preexec_fn=lifeline.pdeathsig_preexec)
+        self.popen = lifeline.spawn(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=stderr, env=_child_env(env))
         self.pidfd: int | None = None
         try:
             self.pidfd = os.pidfd_open(self.popen.pid)
@@ -163,9 +162,8 @@ class AgentServerProcess:
                *(extra_args or [])]
         self.spawned_at = time.monotonic()
         # The user's key is not the local server's business.
-        self.popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=stderr, env=without_secrets(_child_env(env)),
-                                      preexec_fn=lifeline.pdeathsig_preexec)
+        self.popen = lifeline.spawn(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=stderr, env=without_secrets(_child_env(env)))
         self.base_url: str | None = None
         self._buffered = b""
 

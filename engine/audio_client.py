@@ -91,8 +91,7 @@ class AudioProcess:
         child_env = without_secrets(dict(os.environ if env is None else env))
         root = str(Path(__file__).resolve().parent.parent)
         child_env["PYTHONPATH"] = root + os.pathsep + child_env.get("PYTHONPATH", "")
-        self.popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=stderr, env=child_env,
-                                      preexec_fn=lifeline.pdeathsig_preexec)
+        self.popen = lifeline.spawn(cmd, stdin=subprocess.DEVNULL, stderr=stderr, env=child_env)
         self.client = ControlClient(control)
 
     @property

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,15 +41,28 @@ def _exit_now(signum: int, frame: FrameType | None) -> None:
     os._exit(128 + signum)
 
 
-def pdeathsig_preexec() -> None:
-    """``Popen(preexec_fn=...)``: the child gets SIGTERM when the spawning thread dies.
+PARENT_PID_ENV = "CALLCTL_PARENT_PID"
+"""Set by ``spawn``: the pid the child must find as its parent, or exit (``die_with_parent``)."""
 
-    Set before ``exec``, so it holds from the child's first instruction, also
-    for programs that do not call ``die_with_parent`` themselves.
+
+def spawn(argv: list[str], *, env: dict[str, str] | None = None,
+          **popen_kwargs: Any) -> subprocess.Popen[Any]:
+    """Start a child that gets SIGTERM when the spawning thread dies, fork-safely.
+
+    ``preexec_fn`` runs Python between fork and exec, which can deadlock a
+    process with threads (libzmq's, the ZAP authenticator's): a lock another
+    thread held at the fork stays held in the child forever. Instead the
+    parent-death signal is set by ``setpriv --pdeathsig TERM`` (util-linux),
+    which execs the child with it; Python children also check, first thing,
+    that their parent is still the one in ``PARENT_PID_ENV``
+    (``die_with_parent``), which closes the window before the signal was set.
+    ``start_new_session`` and ``close_fds`` are Popen's own (done in C).
     """
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    full = [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else list(argv)
+    child_env = dict(os.environ if env is None else env)
+    child_env[PARENT_PID_ENV] = str(os.getpid())
+    return subprocess.Popen(full, env=child_env, **popen_kwargs)
 
 
 def die_with_parent(hard: bool = False) -> None:
@@ -60,6 +74,9 @@ def die_with_parent(hard: bool = False) -> None:
     needing cleanup.
     """
     signal.signal(signal.SIGTERM, _exit_now if hard else _exit_on_sigterm)
+    expected = os.environ.get(PARENT_PID_ENV, "")
+    if expected.isdigit() and os.getppid() != int(expected):
+        raise SystemExit(0)  # the parent died before we got here
     parent = os.getppid()
     if sys.platform.startswith("linux"):
         try:

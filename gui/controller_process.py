@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import dataclasses
 import os
 import signal
@@ -32,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from PyQt6.QtCore import QObject, QSocketNotifier, QTimer, pyqtSignal
+
+from engine import lifeline
 
 VIRTUAL = "virtual"
 DEVICE_DESTS = {"device", "input_device", "output_device"}
@@ -104,26 +105,6 @@ class ServeConfig:
                    extra_args=tuple(extra))
 
 
-def _resolve_prctl() -> Any:
-    """``prctl`` looked up now, in the parent: the child after ``fork`` must not ``dlopen``."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _resolve_prctl()
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """``preexec_fn``: SIGTERM to the child when the GUI's thread that spawned it dies."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
 class ServeProcess(QObject):
     """One `callctl serve` child. GUI thread only; no method waits (but ``stop_blocking``)."""
 
@@ -150,9 +131,9 @@ class ServeProcess(QObject):
 
     def start(self) -> None:
         """Spawn the child (``Popen``: a fork and an exec, no waiting)."""
-        self.popen = subprocess.Popen(
+        self.popen = lifeline.spawn(
             self.config.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, preexec_fn=_die_with_parent, close_fds=True)
+            stderr=subprocess.PIPE, close_fds=True)
         assert self.popen.stderr is not None
         self._stderr_fd = self.popen.stderr.fileno()
         os.set_blocking(self._stderr_fd, False)
