@@ -296,3 +296,22 @@ def test_a_tcp_port_in_use_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     assert len(errors) == 1 and "Address already in use" in errors[0], done.stderr
     left = [p for p in runtime.rglob("*") if p.is_dir()]
     assert all(p.name == "callctl" for p in left), f"a refused start left {left}"
+
+
+def test_devices_never_holds_up_the_loop(serve: Any) -> None:
+    served = serve()
+    assert served.request({"cmd": "call"})["ok"]
+    served.wait_state("in_call")
+    began = time.monotonic()
+    first = served.request({"cmd": "devices"})
+    hangup = served.request({"cmd": "hangup"})
+    took = time.monotonic() - began
+    assert first["ok"] and hangup["ok"]
+    assert took < 0.5, f"devices then hangup took {took * 1000:.0f} ms"
+    deadline = time.monotonic() + 30
+    while served.request({"cmd": "devices"}).get("pending"):
+        assert time.monotonic() < deadline, "the listing never came"
+        time.sleep(0.2)
+    listing = served.request({"cmd": "devices"})
+    assert isinstance(listing["devices"], list)
+    assert listing["devices"] or listing.get("listing_error"), listing
