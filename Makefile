@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SYSTEM_PACKAGES := gcc python3-dev python3-venv portaudio19-dev libasound2-plugins \
-	pulseaudio pulseaudio-utils jackd2 espeak-ng sox libsox-fmt-base util-linux procps \
+	pulseaudio pulseaudio-utils pipewire pipewire-pulse wireplumber jackd2 espeak-ng sox libsox-fmt-base util-linux procps \
 	libegl1 libgl1 libxkbcommon0 libxkbcommon-x11-0 libfontconfig1 libdbus-1-3 fonts-dejavu-core \
 	xvfb libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-render-util0 \
 	libxcb-image0 libxcb-xinerama0
