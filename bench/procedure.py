@@ -35,6 +35,9 @@ SPEECH_WAIT_S = 1.0
 """How long past its offset a hangup may wait for the agent to be heard speaking, seconds."""
 MAX_REDOS = 3
 """Tries per offset before the offset is given up (and reported as such)."""
+REDO_SHIFT_S = 0.13
+"""A redone event moves this much later each try: the greeting is the same every call,
+so the same moment would fall into the same pause again."""
 
 
 def offsets(n: int, lo: float, hi: float) -> list[float]:
@@ -118,11 +121,11 @@ def hangups(system: System, moments: list[float], out: Results) -> None:
     rec = ObserverRecording(system.observer)
     warm_up(system)
     for offset in moments:
-        for _ in range(MAX_REDOS):
+        for attempt in range(MAX_REDOS):
             _quiet(system, rec)
             asked = system.start_call()
             first = _first_sound(system, asked)
-            _wait_speaking(system, rec, first + offset)
+            _wait_speaking(system, rec, first + offset + attempt * REDO_SHIFT_S)
             stamps = _hang_up(system, out)
             end = ending(rec, stamps.sent)
             if not end.speaking:
@@ -148,11 +151,11 @@ def bargeins(system: System, moments: list[float], out: Results) -> None:
     """One call per moment: the agent is interrupted that long after the first sound heard."""
     rec = ObserverRecording(system.observer)
     for offset in moments:
-        for _ in range(MAX_REDOS):
+        for attempt in range(MAX_REDOS):
             _quiet(system, rec)
             asked = system.start_call()
             first = _first_sound(system, asked)
-            t_int = system.interrupt(first + offset)
+            t_int = system.interrupt(first + offset + attempt * REDO_SHIFT_S)
             end = ending(rec, t_int)
             _hang_up(system, out)
             if not end.speaking:
