@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 import wave
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,19 +105,6 @@ def test_controller_killed(serve: Any) -> None:
     served.proc.wait(5)
     time.sleep(1.5)  # the audio process gets SIGTERM and finalises
     assert_valid_recording(recording_of(served), at_least_s=2.0)
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 160 KB tmpfs: about 2.5 s of stereo 16 kHz recording fills it."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mount)],
-                   check=True, timeout=10)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], timeout=10)
 
 
 def test_disk_full_stops_the_recording_cleanly_and_the_call_goes_on(

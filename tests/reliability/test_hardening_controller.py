@@ -8,24 +8,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
-
-
-@pytest.fixture
-def few_inodes(tmp_path: Path) -> Iterator[Path]:
-    """A tmpfs with few inodes: the test takes the last ones while a controller uses it."""
-    mount = tmp_path / "rec"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,nr_inodes=64", "tmpfs", str(mount)],
-                   check=True, timeout=10)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], timeout=10)
 
 
 def test_a_call_folder_that_cannot_be_made_fails_the_call_not_the_controller(
@@ -138,19 +122,6 @@ def test_a_second_controller_never_takes_the_endpoint_of_a_busy_first(
     assert "another controller is already serving" in second.stderr, second.stderr
     assert socket_path.exists(), "the second one unlinked the first's socket"
     assert first.request({"cmd": "ping"})["ok"], "the first still serves its endpoint"
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 160 KB tmpfs: about 2.5 s of stereo 16 kHz recording fills it."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mount)],
-                   check=True, timeout=10)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], timeout=10)
 
 
 def test_a_full_disk_fails_the_post_call_work_loudly(serve: Any, small_disk: Path) -> None:
