@@ -25,14 +25,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
 from engine import lifeline, protocol
 from engine.bridge import RateBridge
 from engine.callback import DEFAULT_FADE_SECONDS, DuplexCallback, dbfs
-from engine.devices import AudioDevice, DeviceError
+from engine.devices import AudioDevice, DeviceError, FadingDevice
 from engine.echo import EchoCanceller, EchoThread, EchoUnavailable, InlineEcho
 from engine.recorder import CallRecorder
 from engine.ring import SAMPLE_RATE, AudioRing
@@ -177,15 +177,31 @@ class AudioEngine:
         return protocol.ok(started_at=self.started_at, recording=record)
 
     def flush(self) -> dict[str, Any]:
-        """Barge-in: the callback drops queued playback at its next period; the stream runs on."""
+        """Barge-in: the callback drops queued playback at its next period; the stream runs on.
+
+        On a device that cuts at the device (``cuts_at_device``: the native PulseAudio
+        backend) the device also fades out, at once, what the sound server already
+        holds (``fade_flush``), so the agent falls silent within a render block
+        instead of playing the server's queue out. The callback's request comes
+        first: no ring audio from before the flush is written after the fade.
+        Replies with ``dropped_frames`` (from the ring), ``done`` (the callback took
+        the request) and, when the device faded, ``silent_at`` (``time.monotonic()``
+        when its fade's last sample plays, as the server reports it) and ``cut_by``
+        ("device" or "callback").
+        """
         if not self.device.running:
             return protocol.ok(dropped_frames=self.playback.flush())
         request = self.callback.request_flush()
+        silent_at: float | None = None
+        if self.device.cuts_at_device:
+            device = cast(FadingDevice, self.device)
+            silent_at = device.fade_flush(max(0.1, 10 * device.period_frames / device.rate))
         deadline = time.monotonic() + 0.5
         while not self.callback.flush_done(request) and time.monotonic() < deadline:
             time.sleep(0.0005)
         return protocol.ok(dropped_frames=self.callback.last_flush_dropped,
-                           done=self.callback.flush_done(request))
+                           done=self.callback.flush_done(request), silent_at=silent_at,
+                           cut_by="device" if silent_at is not None else "callback")
 
     def hangup(self) -> dict[str, Any]:
         """Silence from the next period (after the fade), ring zeroed, stream stopped.
@@ -326,13 +342,13 @@ def open_device(args: argparse.Namespace) -> AudioDevice:
     if spec is None:
         spec = default_backend()
     if spec == "pulse" or spec.startswith("pulse:"):
-        from engine.devices.pulse import PulseDevice, parse_spec
+        from engine.devices.pulse import DEFAULT_PERIOD_SECONDS, PulseDevice, parse_spec
 
         sink, source = parse_spec(spec)
         fade_ms = PULSE_FADE_MS if args.fade_ms is None else args.fade_ms
+        period_s = args.period_ms / 1000 if args.period_ms else DEFAULT_PERIOD_SECONDS
         return PulseDevice(sink=args.output_device or sink, source=args.input_device or source,
-                           period_seconds=(args.period_ms or 5.0) / 1000,
-                           fade_seconds=fade_ms / 1000)
+                           period_seconds=period_s, fade_seconds=fade_ms / 1000)
     if spec == "portaudio":
         name: str | None = None
     elif spec.startswith("portaudio:"):
@@ -400,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="virtual device: echo path DELAY_MS:GAIN_DB[:LOWPASS_HZ] (the speaker "
                    "back into the mic, delayed at least one period, attenuated, low-passed)")
     p.add_argument("--period-ms", type=float, default=None,
-                   help="device period (default 5 on pulse, 10 otherwise)")
+                   help="device period, ms (default 10: one 160-frame period at 16 kHz)")
     p.add_argument("--fade-ms", type=float, default=None,
                    help="hangup fade, 0-50 ms (default 6 on pulse, where the device fades "
                    "what it was playing; 10 elsewhere, where the callback fades the ring)")

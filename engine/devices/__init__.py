@@ -33,7 +33,9 @@ class AudioDevice(Protocol):
     ``cuts_at_device`` is True holds audio the handler already produced
     (a sound server's queue) that a plain stop would cut mid-waveform: the
     caller uses ``fade_stop`` instead, and the device fades what is playing
-    at the moment of the hangup to zero itself.
+    at the moment of the hangup to zero itself. Such a device is also a
+    ``FadingDevice``: it fades a barge-in (``fade_flush``) the same way, and the
+    call goes on.
     """
 
     backend: str
@@ -70,7 +72,7 @@ class AudioDevice(Protocol):
         Waits at most ``timeout`` seconds. Returns the ``time.monotonic()`` at
         which the device's output goes silent as the device reports it, or None
         when it could not fade (it is stopped anyway). Devices with
-        ``cuts_at_device`` False just stop and return None.
+        ``cuts_at_device`` False just stop and return None. Control thread.
         """
 
     def status(self) -> dict[str, Any]:
@@ -81,3 +83,23 @@ class AudioDevice(Protocol):
 
     @property
     def running(self) -> bool: ...
+
+
+class FadingDevice(AudioDevice, Protocol):
+    """An ``AudioDevice`` whose ``cuts_at_device`` is True (the native PulseAudio backend):
+    it holds audio the handler already produced, and fades it out itself, on a hangup
+    (``fade_stop``) and on a barge-in (``fade_flush``)."""
+
+    def fade_flush(self, timeout: float) -> float | None:
+        """Barge-in at the device: fade what plays now to zero; the stream runs on.
+
+        The device's queue is refilled with silence to the depth it had, so the
+        handler's next period plays where it would have, at the same latency. The
+        caller asks the handler to drop its own queued audio first
+        (``DuplexCallback.request_flush``), so that nothing from before the flush is
+        written after the fade. Waits at most ``timeout`` seconds. Returns the
+        ``time.monotonic()`` at which the fade's last sample plays as the device
+        reports it, or None when it could not fade (or is not running; nothing
+        changes then). Only devices with ``cuts_at_device`` True have it; the
+        others' queue is the ring the callback flushes. Control thread.
+        """

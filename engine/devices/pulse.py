@@ -3,34 +3,57 @@
 Why: PortAudio 19.6 reaches a sound server only through ALSA's ``pulse``
 plugin, where a full-duplex stream spins a core (DESIGN.md, "The device path
 on Linux"), and stopping it throws away what the server holds, fade included.
-This backend speaks the protocol through libpulse's simple API
-(``libpulse-simple.so.0``, bound here with ctypes: the binding is a dozen
-functions, and reading straight into a preallocated numpy buffer keeps the
-audio thread allocation-free).
+This backend speaks the protocol through libpulse's asynchronous API
+(``libpulse.so.0``, bound here with ctypes) on one plain ``pa_mainloop`` that
+the device's own audio thread iterates: one connection (context), one record
+and one playback stream on it, no other thread. (libpulse-simple, used
+before, runs a threaded mainloop per stream: two more threads, each woken by
+every packet and every read or write.)
 
-Streams: one record and one playback stream, 16 kHz mono s16le, opened on
-the control thread, then used only by the device's audio thread. Each period
-the thread reads one period from the record stream (a blocking read: the
-source is the clock), calls ``handler(mic, out, status)``, and writes ``out``
-to the playback stream, which is kept ``prime_frames`` ahead (a few periods:
-``tlength`` is that plus one period, so a write never blocks).
+Streams: 16 kHz mono s16le. The record stream is the clock. Each period the
+audio thread sleeps until the period's microphone is due (a timed sleep, not
+``poll``: the server's packets, two or more a period, do not wake it one by
+one), takes in everything the server sent without waiting, and when a whole
+period is there calls ``handler(mic, out, status)`` and writes ``out`` to the
+playback stream, which is kept ``prime_frames`` deep right after each write.
+When the period is not complete yet it waits for the rest in ``poll``, and
+that arrival re-locks the schedule to the server's clock (``WAKE_CREEP``).
+Between calls the record stream is corked (the server records nothing for
+us, the thread sleeps), and a call starts by flushing both streams, so no
+microphone from before the call reaches it.
 
-Hangup (``fade_stop``): the control thread, at once (between two of the audio
-thread's periods: they share a lock), reads the server's write index,
-flushes the playback stream, reads it again, and writes the fade
-(``engine.fade``) of the samples that were about to play (the two indices
-tell which), ending at exact zero, then silence, and stops. The fade
-therefore reaches the speaker, continuous with what played, without waiting
-for the next period.
+Requests from the control thread (start, stop, the hangup ``fade_stop``, the
+barge-in ``fade_flush``, close) are plain stores followed by ``_kick``: the
+audio thread is woken at once and serves them right away, or right after the
+handler call in progress (a few hundred µs at most), never a period later.
+Only the audio thread touches libpulse objects once it runs (libpulse is not
+thread-safe); the constructor opens and calibrates them before it starts.
 
-Stream loss: a failed read or write (server restarted, stream killed) makes
-the audio thread free the streams and reopen them, retrying every
-``RETRY_INTERVAL`` s. When they are back, the handler is called for the
-missed time with silent microphone periods flagged ``DEVICE_GAP`` (see
+Hangup (``fade_stop``) and barge-in (``fade_flush``): the audio thread reads
+fresh timing from the server (read and write index, what the sink holds),
+then overwrites the queue in place, in one write at the read index, with a
+fade (``engine.fade``) of the samples that were about to play, ending at
+exact zero, then silence: the fade reaches the speaker continuous with what
+played, within a render block of the request (``_fade``). ``fade_stop`` then
+stops calling the handler; after ``fade_flush`` the queue is as deep as
+before and the call goes on.
+
+Stream loss: a failed call, a failed stream or context (server restarted,
+stream killed) or a record stream silent for ``STALL_SECONDS`` makes the
+audio thread drop the connection and reopen it, retrying every
+``RETRY_INTERVAL`` s. When it is back, the handler is called for the missed
+time with silent microphone periods flagged ``DEVICE_GAP`` (see
 ``engine.bridge``), so the recording stays aligned with wall time. A reopen
 *fails* when a whole ``REOPEN_WINDOW`` passes without success; after
 ``MAX_FAILED_REOPENS`` failures within ``FAILED_REOPENS_SPAN`` s the device
 gives up (``lost``; ``running`` turns False).
+
+CPU: on a virtual machine a wake-up, a system call and a Python line each
+cost several times what they cost on bare metal, and libpulse spends about
+six system calls on every packet it reads. Hence one wake-up a period, a
+``minreq`` large enough that the server rarely asks for data, the hot loop's
+names bound to locals, and the non-blocking libpulse calls made through
+``ctypes.PyDLL`` (no GIL release and re-take around each).
 
 Units: frames (= samples, mono), seconds of ``time.monotonic()``.
 """
@@ -38,14 +61,13 @@ Units: frames (= samples, mono), seconds of ``time.monotonic()``.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import shutil
 import subprocess
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -55,15 +77,50 @@ from engine.fade import fade_curve
 from engine.ring import SAMPLE_RATE
 
 PA_SAMPLE_S16LE = 3
-PA_STREAM_PLAYBACK = 1
-PA_STREAM_RECORD = 2
-PA_ERR_CONNECTIONREFUSED = 6
-PA_ERR_NOENTITY = 5
+PA_ERR_TIMEOUT = 8
+PA_ERR_CONNECTIONTERMINATED = 11
+PA_ERR_BADSTATE = 15
+PA_ERR_NODATA = 16
 PA_CONTEXT_NOAUTOSPAWN = 1
 PA_CONTEXT_READY = 4
 PA_CONTEXT_FAILED = 5
 PA_CONTEXT_TERMINATED = 6
+PA_STREAM_READY = 2
+PA_STREAM_FAILED = 3
+PA_STREAM_TERMINATED = 4
+PA_STREAM_INTERPOLATE_TIMING = 0x0002
+PA_STREAM_AUTO_TIMING_UPDATE = 0x0008
+STREAM_FLAGS = PA_STREAM_INTERPOLATE_TIMING | PA_STREAM_AUTO_TIMING_UPDATE
+"""Not ``PA_STREAM_ADJUST_LATENCY``: the buffer attributes then mean what they say (the
+server asks the sink for ``tlength - 2 * minreq`` of latency, the source for ``fragsize``),
+see ``PulseDevice._open``."""
+PA_OPERATION_RUNNING = 0
+PA_SEEK_RELATIVE = 0
+PA_SEEK_ABSOLUTE = 1
 
+OUTPUT_UNDERFLOW = 4
+"""Status flag handed to the handler after the server reported an underrun
+(PortAudio's ``paOutputUnderflow``)."""
+INPUT_OVERFLOW = 2
+"""Status flag: microphone was dropped because the thread fell a second behind
+(PortAudio's ``paInputOverflow``)."""
+
+DEFAULT_PERIOD_SECONDS = 0.010
+"""The handler's period (the record stream's fragment), chosen by measurement (see
+``PulseDevice``)."""
+DEFAULT_QUEUE_SECONDS = 0.020
+"""Playback queued at the server right after each write (the period written included),
+what the sink holds counted: the 10 ms period plus 10 ms of slack for a late wake-up
+(or a late server), which also always leaves a full hangup fade behind what the sink
+holds (``PulseDevice._fade``)."""
+SINK_LATENCY = 0.005
+"""Seconds of latency the playback stream asks of the sink (its own buffer, on top of the
+stream's queue): what a hangup cannot take back."""
+MINREQ_SECONDS = 0.05
+"""The playback stream's ``minreq``. Nothing here waits for the server's requests for
+more (the record stream is the clock), but each one costs the audio thread two mainloop
+iterations: with a large ``minreq`` the server sends one every 50 ms, not one a period.
+``tlength`` is then the sink latency plus twice this (see ``PulseDevice._open``)."""
 RETRY_INTERVAL = 0.05
 """Seconds between attempts to reopen lost streams."""
 REOPEN_WINDOW = 1.0
@@ -71,11 +128,30 @@ REOPEN_WINDOW = 1.0
 MAX_FAILED_REOPENS = 3
 FAILED_REOPENS_SPAN = 5.0
 """``MAX_FAILED_REOPENS`` failed reopens within this many seconds: the device is lost."""
+CONNECT_TIMEOUT = 2.0
+"""Seconds one attempt to connect and open both streams may take."""
+OP_TIMEOUT = 0.05
+"""Seconds the audio thread waits for one server round trip (timing, flush)."""
+STALL_SECONDS = 1.0
+"""A call's record stream that delivers nothing for this long counts as lost."""
+IDLE_WAIT = 0.5
+"""Seconds the idle audio thread sleeps in ``poll`` at most (requests wake it at once)."""
+WAKE_SLACK = 0.0005
+"""Seconds after a period's microphone is due that the audio thread wakes to take it."""
+WAKE_CREEP = 0.00005
+"""Seconds each period's wake-up moves earlier than the last, until one comes before the
+data and waits for it in ``poll``: that arrival re-locks the schedule to the server's clock."""
+MIN_FADE_FRAMES = 48
+"""The shortest fade that still ends in ``engine.fade``'s quiet tail (two tails long)."""
 RENDER_MARGIN = 0.0015
 """Seconds: the hangup's write must reach the server at least this long before the sink
-takes its next block (see ``PulseDevice._fade_out``)."""
+takes its next block (see ``PulseDevice._fade``)."""
 HISTORY_FRAMES = 1 << 14
 """Written samples kept for the hangup fade, frames (1 s at 16 kHz); a power of two."""
+CAPTURE_FRAMES = SAMPLE_RATE
+"""Microphone received but not yet handed to the handler, at most (frames, 1 s)."""
+RT_PRIORITY = 10
+"""``SCHED_RR`` priority the audio thread asks for (kept at normal priority if refused)."""
 
 
 class _SampleSpec(ctypes.Structure):
@@ -105,219 +181,94 @@ class _TimingInfo(ctypes.Structure):
                 ("configured_source_usec", ctypes.c_uint64), ("since_underrun", ctypes.c_int64)]
 
 
-class _SimpleHead(ctypes.Structure):
-    """The first fields of libpulse-simple's private ``struct pa_simple`` (unchanged since
-    2006): the simple API has no call for the stream's write index, which the hangup
-    fade needs to the sample; this reaches the ``pa_stream`` beneath it."""
+_STREAM_NOTIFY = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+"""``pa_stream_notify_cb_t``."""
 
-    _fields_ = [("mainloop", ctypes.c_void_p), ("context", ctypes.c_void_p),
-                ("stream", ctypes.c_void_p)]
-
-
-PA_OPERATION_RUNNING = 0
-PA_SEEK_RELATIVE = 0
-OUTPUT_UNDERFLOW = 4
-"""Status flag handed to the handler after a refill (PortAudio's ``paOutputUnderflow``)."""
-
-_lib: Any = None
 _pulse: Any = None
+_pulse_fast: Any = None
 
 
-def _libs() -> tuple[Any, Any]:
-    """(libpulse-simple, libpulse), loaded once; DeviceError when not installed."""
-    global _lib, _pulse
-    if _lib is None:
-        try:
-            simple = ctypes.CDLL("libpulse-simple.so.0")
-            pulse = ctypes.CDLL("libpulse.so.0")
-        except OSError as exc:
-            raise DeviceError(f"libpulse is not installed ({exc}); on Debian: "
-                              "apt-get install libpulse0") from None
-        simple.pa_simple_new.restype = ctypes.c_void_p
-        simple.pa_simple_new.argtypes = [
-            ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p,
-            ctypes.POINTER(_SampleSpec), ctypes.c_void_p, ctypes.POINTER(_BufferAttr),
-            ctypes.POINTER(ctypes.c_int)]
-        for name in ("pa_simple_read", "pa_simple_write"):
-            fn = getattr(simple, name)
-            fn.restype = ctypes.c_int
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
-                           ctypes.POINTER(ctypes.c_int)]
-        for name in ("pa_simple_flush", "pa_simple_drain"):
-            fn = getattr(simple, name)
-            fn.restype = ctypes.c_int
-            fn.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
-        simple.pa_simple_get_latency.restype = ctypes.c_uint64
-        simple.pa_simple_get_latency.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
-        simple.pa_simple_free.restype = None
-        simple.pa_simple_free.argtypes = [ctypes.c_void_p]
-        pulse.pa_strerror.restype = ctypes.c_char_p
-        pulse.pa_strerror.argtypes = [ctypes.c_int]
-        pulse.pa_mainloop_new.restype = ctypes.c_void_p
-        pulse.pa_mainloop_get_api.restype = ctypes.c_void_p
-        pulse.pa_mainloop_get_api.argtypes = [ctypes.c_void_p]
-        pulse.pa_mainloop_iterate.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
-        pulse.pa_mainloop_free.argtypes = [ctypes.c_void_p]
-        pulse.pa_context_new.restype = ctypes.c_void_p
-        pulse.pa_context_new.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        pulse.pa_context_connect.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int,
-                                             ctypes.c_void_p]
-        pulse.pa_context_get_state.argtypes = [ctypes.c_void_p]
-        pulse.pa_context_disconnect.argtypes = [ctypes.c_void_p]
-        pulse.pa_context_unref.argtypes = [ctypes.c_void_p]
-        for name in ("pa_threaded_mainloop_lock", "pa_threaded_mainloop_unlock"):
-            getattr(pulse, name).argtypes = [ctypes.c_void_p]
-            getattr(pulse, name).restype = None
-        pulse.pa_stream_get_timing_info.restype = ctypes.POINTER(_TimingInfo)
-        pulse.pa_stream_get_timing_info.argtypes = [ctypes.c_void_p]
-        pulse.pa_stream_update_timing_info.restype = ctypes.c_void_p
-        pulse.pa_stream_update_timing_info.argtypes = [ctypes.c_void_p, ctypes.c_void_p,
-                                                       ctypes.c_void_p]
-        pulse.pa_operation_get_state.argtypes = [ctypes.c_void_p]
-        pulse.pa_stream_flush.restype = ctypes.c_void_p
-        pulse.pa_stream_flush.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-        pulse.pa_stream_write.restype = ctypes.c_int
-        pulse.pa_stream_write.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
-                                          ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
-        pulse.pa_operation_unref.argtypes = [ctypes.c_void_p]
-        _lib, _pulse = simple, pulse
-    return _lib, _pulse
+def _lib() -> Any:
+    """libpulse, its prototypes declared, loaded once; DeviceError when not installed.
+    Its calls release the GIL (ctypes.CDLL): for calls that may block."""
+    global _pulse, _pulse_fast
+    if _pulse is not None:
+        return _pulse
+    try:
+        pulse = ctypes.CDLL("libpulse.so.0")
+        fast = ctypes.PyDLL("libpulse.so.0")
+    except OSError as exc:
+        raise DeviceError(f"libpulse is not installed ({exc}); on Debian: "
+                          "apt-get install libpulse0") from None
+    vp, ci, cu = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint
+    protos: dict[str, tuple[Any, list[Any]]] = {
+        "pa_strerror": (ctypes.c_char_p, [ci]),
+        "pa_mainloop_new": (vp, []),
+        "pa_mainloop_get_api": (vp, [vp]),
+        "pa_mainloop_prepare": (ci, [vp, ci]),
+        "pa_mainloop_poll": (ci, [vp]),
+        "pa_mainloop_dispatch": (ci, [vp]),
+        "pa_mainloop_iterate": (ci, [vp, ci, vp]),
+        "pa_mainloop_wakeup": (None, [vp]),
+        "pa_mainloop_free": (None, [vp]),
+        "pa_context_new": (vp, [vp, ctypes.c_char_p]),
+        "pa_context_connect": (ci, [vp, ctypes.c_char_p, cu, vp]),
+        "pa_context_get_state": (ci, [vp]),
+        "pa_context_errno": (ci, [vp]),
+        "pa_context_disconnect": (None, [vp]),
+        "pa_context_unref": (None, [vp]),
+        "pa_stream_new": (vp, [vp, ctypes.c_char_p, ctypes.POINTER(_SampleSpec), vp]),
+        "pa_stream_connect_playback": (ci, [vp, ctypes.c_char_p, ctypes.POINTER(_BufferAttr),
+                                            cu, vp, vp]),
+        "pa_stream_connect_record": (ci, [vp, ctypes.c_char_p, ctypes.POINTER(_BufferAttr), cu]),
+        "pa_stream_get_state": (ci, [vp]),
+        "pa_stream_disconnect": (ci, [vp]),
+        "pa_stream_unref": (None, [vp]),
+        "pa_stream_peek": (ci, [vp, ctypes.POINTER(vp), ctypes.POINTER(ctypes.c_size_t)]),
+        "pa_stream_drop": (ci, [vp]),
+        "pa_stream_write": (ci, [vp, vp, ctypes.c_size_t, vp, ctypes.c_int64, ci]),
+        "pa_stream_flush": (vp, [vp, vp, vp]),
+        "pa_stream_cork": (vp, [vp, ci, vp, vp]),
+        "pa_stream_update_timing_info": (vp, [vp, vp, vp]),
+        "pa_stream_get_timing_info": (ctypes.POINTER(_TimingInfo), [vp]),
+        "pa_stream_get_latency": (ci, [vp, ctypes.POINTER(ctypes.c_uint64),
+                                       ctypes.POINTER(ci)]),
+        "pa_stream_get_buffer_attr": (ctypes.POINTER(_BufferAttr), [vp]),
+        "pa_stream_set_underflow_callback": (None, [vp, _STREAM_NOTIFY, vp]),
+        "pa_operation_get_state": (ci, [vp]),
+        "pa_operation_unref": (None, [vp]),
+    }
+    for lib in (pulse, fast):
+        for name, (restype, argtypes) in protos.items():
+            fn = getattr(lib, name)
+            fn.restype = restype
+            fn.argtypes = argtypes
+    _pulse, _pulse_fast = pulse, fast
+    return pulse
+
+
+def _fast_lib() -> Any:
+    """The same, through ``ctypes.PyDLL``: the calls keep the GIL. For the audio thread's
+    calls that never block (all but ``pa_mainloop_poll``): releasing and taking back the
+    GIL around each one costs more than the call."""
+    _lib()
+    return _pulse_fast
 
 
 class PulseError(OSError):
     """A libpulse call failed; ``code`` is libpulse's error number."""
 
     def __init__(self, what: str, code: int) -> None:
-        _, pulse = _libs()
-        text = pulse.pa_strerror(code)
+        text = _lib().pa_strerror(code)
         super().__init__(f"{what}: {text.decode() if text else f'error {code}'}")
         self.code = code
-
-
-class _Stream:
-    """One pa_simple stream. Not thread-safe: one thread at a time (see module docstring)."""
-
-    def __init__(self, direction: int, device: str | None, rate: int, attr: _BufferAttr,
-                 name: str) -> None:
-        lib, _ = _libs()
-        self._lib = lib
-        spec = _SampleSpec(PA_SAMPLE_S16LE, rate, 1)
-        err = ctypes.c_int(0)
-        self._err = ctypes.c_int(0)
-        # server None: libpulse picks it ($PULSE_SERVER, client.conf, the session's
-        # default); device None: $PULSE_SINK / $PULSE_SOURCE, else the server default.
-        handle = lib.pa_simple_new(None, b"callctl", direction,
-                                   device.encode() if device else None, name.encode(),
-                                   ctypes.byref(spec), None, ctypes.byref(attr), ctypes.byref(err))
-        if not handle:
-            raise PulseError(f"cannot open the {name} stream", err.value)
-        self._handle: int | None = handle
-
-    def read_into(self, buf: np.ndarray) -> None:
-        """Blocking: fill ``buf`` (int16, C-contiguous)."""
-        if self._lib.pa_simple_read(self._handle, buf.ctypes.data, buf.nbytes,
-                                    ctypes.byref(self._err)) < 0:
-            raise PulseError("read", self._err.value)
-
-    def write(self, buf: np.ndarray) -> None:
-        if self._lib.pa_simple_write(self._handle, buf.ctypes.data, buf.nbytes,
-                                     ctypes.byref(self._err)) < 0:
-            raise PulseError("write", self._err.value)
-
-    def flush(self) -> None:
-        if self._lib.pa_simple_flush(self._handle, ctypes.byref(self._err)) < 0:
-            raise PulseError("flush", self._err.value)
-
-    def latency(self) -> float:
-        """Seconds: playback, until a sample written now plays; record, of the data queued."""
-        usec = self._lib.pa_simple_get_latency(self._handle, ctypes.byref(self._err))
-        if usec == 2**64 - 1:
-            raise PulseError("latency", self._err.value)
-        return float(usec) / 1e6
-
-    def timing(self, timeout: float = 0.01) -> tuple[int, int, float, float] | None:
-        """Playback: fresh from the server (a round trip, at most ``timeout`` s):
-        ``(read_index, write_index, sink_s, at)``: byte indices (the next sample the
-        sink will take, and where the next write lands), the time the sink still needs
-        to play what it has already taken (s), and when that was true
-        (``time.monotonic()``). None if the server did not answer or an index is unknown.
-        """
-        _, pulse = _libs()
-        if self._handle is None:
-            return None
-        head = _SimpleHead.from_address(self._handle)
-        loop, stream = head.mainloop, head.stream
-        pulse.pa_threaded_mainloop_lock(loop)
-        op = pulse.pa_stream_update_timing_info(stream, None, None)
-        pulse.pa_threaded_mainloop_unlock(loop)
-        if not op:
-            return None
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                pulse.pa_threaded_mainloop_lock(loop)
-                try:
-                    value = None
-                    if pulse.pa_operation_get_state(op) != PA_OPERATION_RUNNING:
-                        info = pulse.pa_stream_get_timing_info(stream)
-                        if info and not (info.contents.write_index_corrupt
-                                         or info.contents.read_index_corrupt):
-                            t = info.contents
-                            # The stamp is wall-clock time (pa_gettimeofday).
-                            age = time.time() - (t.timestamp.tv_sec + t.timestamp.tv_usec / 1e6)
-                            value = (int(t.read_index), int(t.write_index),
-                                     t.sink_usec / 1e6, time.monotonic() - age)
-                finally:
-                    pulse.pa_threaded_mainloop_unlock(loop)
-                if value is not None or time.monotonic() > deadline:
-                    return value
-                time.sleep(0.0001)
-        finally:
-            pulse.pa_operation_unref(op)
-
-    def replace_queue(self, buf: np.ndarray, timeout: float = 0.01) -> None:
-        """Playback: drop what is queued and write ``buf`` in its place, in one go.
-
-        The flush and the write leave together (one lock of the stream's mainloop, no
-        wait between), so the server handles them back to back: the sink gets no
-        chance to find the stream empty between them and play a gap. ``buf`` lands at
-        the read index the flush found. Waits at most ``timeout`` s for the flush.
-        """
-        _, pulse = _libs()
-        if self._handle is None:
-            raise PulseError("write", PA_ERR_NOENTITY)
-        head = _SimpleHead.from_address(self._handle)
-        pulse.pa_threaded_mainloop_lock(head.mainloop)
-        try:
-            op = pulse.pa_stream_flush(head.stream, None, None)
-            r = pulse.pa_stream_write(head.stream, buf.ctypes.data, buf.nbytes, None, 0,
-                                      PA_SEEK_RELATIVE)
-        finally:
-            pulse.pa_threaded_mainloop_unlock(head.mainloop)
-        if op:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                pulse.pa_threaded_mainloop_lock(head.mainloop)
-                running = pulse.pa_operation_get_state(op) == PA_OPERATION_RUNNING
-                pulse.pa_threaded_mainloop_unlock(head.mainloop)
-                if not running:
-                    break
-                time.sleep(0.0001)
-            pulse.pa_operation_unref(op)
-        if r < 0 or not op:
-            raise PulseError("flush and write", PA_ERR_NOENTITY if not op else -r)
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._lib.pa_simple_free(self._handle)
-            self._handle = None
 
 
 def server_answers(timeout: float = 1.0) -> bool:
     """Whether a PulseAudio-protocol server answers (libpulse's own choice of server,
     so ``$PULSE_SERVER`` counts). Never autospawns one. Bounded by ``timeout`` s."""
     try:
-        _, pulse = _libs()
+        pulse = _lib()
     except DeviceError:
         return False
     loop = pulse.pa_mainloop_new()
@@ -394,13 +345,54 @@ def parse_spec(spec: str) -> tuple[str | None, str | None]:
     return sink, source
 
 
+class _Timing(NamedTuple):
+    """The playback stream's timing, as the server reported it."""
+
+    read_index: int
+    """Bytes: the next the sink takes from the stream."""
+    write_index: int
+    """Bytes: where the next relative write lands."""
+    sink_s: float
+    """Seconds the sink still needs to play what it has already taken."""
+    at: float
+    """When that was true (``time.monotonic()``)."""
+    sink_config_s: float
+    """The sink's configured latency (s): about the most it takes at once."""
+    rtt: float
+    """Seconds the question took to answer."""
+
+
+class _Request:
+    """One control-thread request served by the audio thread: ``kind`` is "stop" (the
+    hangup fade) or "flush" (the barge-in fade); ``result`` the silence time or None."""
+
+    __slots__ = ("kind", "done", "result")
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.done = threading.Event()
+        self.result: float | None = None
+
+
 class PulseDevice:
     """See the module docstring. Created, started, stopped and closed by the control thread.
 
-    ``sink``/``source``: PulseAudio names, None for the defaults.
-    ``period_seconds``: the read size, the clock of the handler (5 ms: 80 frames).
-    ``prime_periods``: periods of playback kept queued beyond the one being written.
-    ``fade_seconds``: the hangup fade at the device.
+    ``sink``/``source``: PulseAudio names, None for the defaults (``$PULSE_SINK`` /
+    ``$PULSE_SOURCE``, else the server's).
+    ``period_seconds``: the record fragment, the clock of the handler (10 ms: 160 frames).
+    ``queue_seconds``: playback queued at the server right after each write, the period
+    just written included (default ``DEFAULT_QUEUE_SECONDS``); ``prime_periods``, the
+    older way to say it, means ``(prime_periods + 1) * period``.
+    ``fade_seconds``: the hangup and barge-in fade at the device.
+
+    The defaults were chosen by measurement on the test rig (2 cores, private
+    PulseAudio, echo cancellation on; see issue 13): a 10 ms period costs less
+    than a 5 ms one (5.6 % of a core against 6.8 %: the wake-ups and the
+    per-period Python work halve, the server's packets and the echo canceller do
+    not), and a 20 ms queue keeps the output latency (first sample) near 13 ms,
+    leaves a late wake-up 10 ms of slack, and always holds enough audio for a full
+    hangup fade behind what the sink holds.
+    ``status()["realtime"]`` says whether the audio thread got ``SCHED_RR``.
     """
 
     backend = "pulse"
@@ -411,10 +403,13 @@ class PulseDevice:
         self,
         sink: str | None = None,
         source: str | None = None,
-        period_seconds: float = 0.005,
-        prime_periods: int = 3,
+        period_seconds: float = DEFAULT_PERIOD_SECONDS,
+        prime_periods: int | None = None,
         fade_seconds: float = 0.006,
+        queue_seconds: float | None = None,
     ) -> None:
+        self._pa = _lib()
+        self._fa = _fast_lib()
         self.rate = SAMPLE_RATE
         self.period_frames = max(16, round(period_seconds * self.rate))
         self.sink, self.source = sink, source
@@ -422,99 +417,103 @@ class PulseDevice:
         shown_source = source or os.environ.get("PULSE_SOURCE")
         self.name = "pulse" if not (shown_sink or shown_source) else \
             f"pulse:{shown_sink or ''}" + (f",{shown_source}" if shown_source else "")
-        self.prime_frames = max(1, prime_periods) * self.period_frames
+        if queue_seconds is None and prime_periods is not None:
+            queue_seconds = (max(1, prime_periods) + 1) * self.period_frames / self.rate
+        if queue_seconds is None:
+            queue_seconds = DEFAULT_QUEUE_SECONDS
+        self.prime_frames = max(self.period_frames + 16, round(queue_seconds * self.rate))
+        """Frames queued at the server right after each write (the period written included)."""
         self.fade_frames = max(1, round(fade_seconds * self.rate))
-        self.underflow_below = self.period_frames / self.rate
-        """Playback latency (s) after a write below which the queue counts as run dry."""
         self._handler: PeriodHandler | None = None
         self._mic = np.zeros(self.period_frames, np.int16)
         self._out = np.zeros(self.period_frames, np.int16)
-        self._zeros = np.zeros(max(self.prime_frames, self.period_frames), np.int16)
+        self._out_ptr = self._out.ctypes.data
+        self._zeros = np.zeros(self.prime_frames + self.period_frames, np.int16)
+        self._zeros_ptr = self._zeros.ctypes.data
+        self._cap = np.zeros(CAPTURE_FRAMES, np.int16)
+        self._cap_ptr = self._cap.ctypes.data
+        self._cap_fill = 0  # frames of microphone in _cap, from its start
+        self._cap_head = self._cap[: self.period_frames]
+        """The handler's ``mic``: the period at the head of ``_cap``."""
         self._history = np.zeros(HISTORY_FRAMES, np.int16)
         self._written = 0  # frames written to the playback stream since it was opened
-        self._fade_buf = np.zeros(self.fade_frames + self.period_frames, np.int16)
-        self._fade_gain = fade_curve(self.fade_frames).astype(np.float64)  # ends at 0.0
-        self._play: _Stream | None = None
-        self._rec: _Stream | None = None
-        # Control-thread requests, read by the audio thread (plain stores under the GIL).
+        self._fade_buf = np.zeros(HISTORY_FRAMES, np.int16)
+        self._fade_gains = {self.fade_frames: fade_curve(self.fade_frames).astype(np.float64)}
+        """Fade curves by length (``engine.fade``; each ends at exact 0.0)."""
+        self._peek_data = ctypes.c_void_p()
+        self._peek_len = ctypes.c_size_t()
+        self._peek_args = (ctypes.byref(self._peek_data), ctypes.byref(self._peek_len))
+        self._lat_usec = ctypes.c_uint64()
+        self._lat_neg = ctypes.c_int()
+        self._lat_args = (ctypes.byref(self._lat_usec), ctypes.byref(self._lat_neg))
+        self._on_underflow = _STREAM_NOTIFY(self._underflow)  # kept alive with the device
+        # libpulse objects: the mainloop lives as long as the device; the context and
+        # the streams are replaced on a reopen. Audio thread only once it runs.
+        self._ml: int | None = self._pa.pa_mainloop_new()
+        if not self._ml:
+            raise DeviceError("cannot create a PulseAudio mainloop")
+        self._api = self._pa.pa_mainloop_get_api(self._ml)
+        self._ctx: int | None = None
+        self._play: int | None = None
+        self._rec: int | None = None
+        self._rec_corked = False
+        # Control-thread requests, read by the audio thread (plain stores under the GIL),
+        # each followed by _kick(): ``_kicks`` counts them, so a wake-up that lands
+        # between the audio thread's checks and its poll is never lost.
         self._active = False
         self._session = 0
         self._closed = False
-        self._wake = threading.Event()
+        self._kicks = 0
+        self._kicks_seen = 0
+        self._pending: _Request | None = None
+        self._req_lock = threading.Lock()
         self._io = threading.Lock()
-        """Held around each period's handler call and playback write (audio thread) and
-        around the hangup's flush and fade (control thread): one never lands inside the
-        other, and nothing is written after the fade."""
+        """Held by the audio thread around each period's handler call and write; ``stop``
+        takes it to know the handler has returned."""
         # Published by the audio thread.
         self.cut_at: float | None = None
         """When the last fade sample plays (``time.monotonic()``), from the server's latency."""
+        self.fade_info: dict[str, Any] | None = None
         self.lost = False
         self.last_error: str | None = None
         self.reopens: list[dict[str, Any]] = []
         """One entry per loss: ``at``, ``error``, ``gap_ms``, ``reopened`` (bool)."""
+        self.underruns = 0
+        """Times the server reported the playback stream ran dry (during calls)."""
+        self.refills = 0
+        """Periods after which the queue was found nearly dry and topped up with silence."""
+        self.late_max = 0.0
+        """Seconds: the latest a period's write left after its microphone was due, this
+        call (wake-up, handler and write; what the queue's slack must cover)."""
+        self.realtime: str | None = None
+        """The audio thread's scheduling: "SCHED_RR/10", or why it stayed normal."""
         self._failed: deque[float] = deque(maxlen=MAX_FAILED_REOPENS)
+        self._last_ok = time.monotonic()
+        self._sleeper = threading.Lock()
+        self._sleeper.acquire()
+        """Held by the audio thread; it sleeps in ``acquire(timeout)``, ``_kick`` releases it."""
+        self._due: float | None = None
+        self._need_prime = True
+        self._underflowed = False
+        self._status = 0
+        self.output_latency = self.input_latency = self.write_latency = 0.0
         try:
             self._open()
         except PulseError as exc:
+            self._pa.pa_mainloop_free(self._ml)
+            self._ml = None
             raise DeviceError(f"cannot open PulseAudio device {self.name!r}: {exc}") from None
-        self.output_latency, self.input_latency = self._calibrate()
+        # From here on only the audio thread touches the connection. It calibrates first
+        # (at its own scheduling priority: on a busy machine the control thread's late
+        # reads would skew the figures), then serves requests.
+        self._calibrated = threading.Event()
+        self._open_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="pulse-device", daemon=True)
         self._thread.start()
-
-    # -- streams (audio thread once running; control thread before) --------------
-
-    def _open(self) -> None:
-        frame_bytes = 2
-        period = self.period_frames * frame_bytes
-        play_attr = _BufferAttr(
-            maxlength=0xFFFFFFFF,
-            # Room for three periods more than we keep queued: a write never waits for
-            # the server (it happens under the lock a hangup takes).
-            tlength=self.prime_frames * frame_bytes + 8 * period,
-            prebuf=period,  # after start, an underrun or a flush: play from one period on
-            minreq=period,
-            fragsize=0xFFFFFFFF)
-        rec_attr = _BufferAttr(
-            maxlength=self.rate * frame_bytes,  # 1 s: what piles up while no call runs
-            tlength=0xFFFFFFFF, prebuf=0xFFFFFFFF, minreq=0xFFFFFFFF,
-            fragsize=period)
-        self._rec = _Stream(PA_STREAM_RECORD, self.source, self.rate, rec_attr, "microphone")
-        try:
-            self._play = _Stream(PA_STREAM_PLAYBACK, self.sink, self.rate, play_attr, "speaker")
-        except PulseError:
-            self._rec.close()
-            self._rec = None
-            raise
-        self._written = 0
-
-    def _close_streams(self) -> None:
-        for stream in (self._play, self._rec):
-            if stream is not None:
-                stream.close()
-        self._play = self._rec = None
-
-    def _calibrate(self) -> tuple[float, float]:
-        """Run silence for a few periods; the server's latencies right after a write/read.
-
-        Output: seconds from a write to its first sample playing (the stream's queue,
-        ``prime_frames`` plus the period, and the sink's own latency). Input: the
-        record stream's latency right after a read.
-        """
-        assert self._play is not None and self._rec is not None
-        try:
-            self._drain_capture()
-            self._play.write(self._zeros[: self.prime_frames])
-            outs, ins = [], []
-            for _ in range(12):
-                self._rec.read_into(self._mic)
-                ins.append(self._rec.latency())
-                self._play.write(self._zeros[: self.period_frames])
-                outs.append(self._play.latency())
-        except PulseError as exc:
-            self._close_streams()
-            raise DeviceError(f"PulseAudio device {self.name!r} does not run: {exc}") from None
-        self._written = 0
-        return float(np.median(outs[4:])), float(np.median(ins[4:]))
+        if not self._calibrated.wait(CONNECT_TIMEOUT + 3.0) or self._open_error:
+            error = self._open_error or "the streams did not start"
+            self.close()
+            raise DeviceError(f"PulseAudio device {self.name!r} does not run: {error}")
 
     # -- control thread ---------------------------------------------------------
 
@@ -523,186 +522,642 @@ class PulseDevice:
         return self._active and not self.lost
 
     def set_handler(self, handler: PeriodHandler) -> None:
+        """Install the per-period handler; control thread, before ``start``."""
         self._handler = handler
 
     def start(self) -> None:
-        """Start calling the handler, from a freshly primed playback stream."""
+        """Start calling the handler, from freshly flushed streams (control thread)."""
         if self._closed:
             raise DeviceError("the PulseAudio device is closed")
         self.lost = False
         self._failed.clear()
+        self.late_max = 0.0
         self._session += 1
         self._active = True
-        self._wake.set()
+        self._kick()
 
     def stop(self) -> None:
-        """Stop: when this returns the handler is not running and will not run again."""
+        """Stop: when this returns the handler is not running and will not run again.
+        Control thread; waits at most for the handler call in progress."""
         self._active = False
+        self._kick()
         with self._io:
             pass
 
     def fade_stop(self, timeout: float) -> float | None:
-        """Hangup at the device (see module docstring), done here at once, between two of
-        the audio thread's periods. Returns the time the output goes silent
-        (``time.monotonic()``, the last fade sample's play time as the server reports
-        it), or None if the device was not running or the fade failed (it is then
-        stopped plainly). Waits at most ``timeout`` s for the period in progress.
-        Control thread only."""
+        """Hangup at the device: the audio thread, woken at once, fades what the server is
+        playing to zero (``_fade``) and stops calling the handler. Returns the time the
+        output goes silent (``time.monotonic()``, the last fade sample's play time as
+        the server reports it), or None if the device was not running or the fade
+        failed; either way the device is stopped when this returns. Waits at most
+        ``timeout`` s. Control thread only."""
         if not self.running:
             self.stop()
             return None
-        if not self._io.acquire(timeout=timeout):
-            self.stop()
+        result = self._ask("stop", timeout)
+        self.stop()
+        return result
+
+    def fade_flush(self, timeout: float) -> float | None:
+        """Barge-in at the device: the audio thread, woken at once, fades what the server
+        is playing to zero and refills the queue with silence to the depth it had; the
+        stream runs on and the next period plays whatever the handler writes. Ask the
+        handler to drop its own queued audio first (``DuplexCallback.request_flush``),
+        so nothing older is written after the fade. Returns the time the fade's last
+        sample plays (``time.monotonic()``), or None if not running or the fade failed
+        (the stream runs on unfaded). Waits at most ``timeout`` s. Control thread only."""
+        if not self.running:
             return None
-        try:
-            if not self._active or self._play is None:
-                return None
-            self._fade_out()
-            return self.cut_at
-        except PulseError as exc:
-            self.last_error = str(exc)
-            return None
-        finally:
-            self._active = False
-            self._io.release()
+        return self._ask("flush", timeout)
 
     def close(self) -> None:
-        """Stop, end the audio thread (bounded wait), free the streams."""
+        """Stop, end the audio thread (bounded wait), free the connection. Control thread."""
         self.stop()
         self._closed = True
-        self._wake.set()
+        self._kick()
         self._thread.join(timeout=2.0)
-        if not self._thread.is_alive():
-            self._close_streams()
+        if not self._thread.is_alive() and self._ml is not None:
+            self._close_link()
+            ml, self._ml = self._ml, None
+            self._pa.pa_mainloop_free(ml)
 
     def status(self) -> dict[str, Any]:
-        """For the audio process's ``status``: losses and reopens so far."""
+        """For the audio process's ``status``: losses and reopens so far, the server's
+        reported underruns, the audio thread's scheduling. Any thread."""
         return {"reopens": list(self.reopens), "last_device_error": self.last_error,
-                "lost": self.lost}
+                "lost": self.lost, "device_underruns": self.underruns,
+                "device_refills": self.refills, "realtime": self.realtime,
+                "queue_ms": round(self.prime_frames * 1000 / self.rate, 1),
+                "write_latency_ms": round(self.write_latency * 1000, 2),
+                "late_max_ms": round(self.late_max * 1000, 2)}
+
+    def _kick(self) -> None:
+        """Wake the audio thread (it re-reads every request)."""
+        self._kicks += 1
+        try:
+            self._sleeper.release()
+        except RuntimeError:  # already released, not yet taken back: the thread is awake
+            pass
+        ml = self._ml
+        if ml is not None:
+            self._pa.pa_mainloop_wakeup(ml)
+
+    def _ask(self, kind: str, timeout: float) -> float | None:
+        request = _Request(kind)
+        with self._req_lock:
+            self._pending = request
+        self._kick()
+        if not request.done.wait(timeout):
+            with self._req_lock:
+                if self._pending is request:
+                    self._pending = None
+            return None
+        return request.result
+
+    # -- the connection (audio thread once running; control thread before) -------
+
+    def _open(self) -> None:
+        """Connect a context and both streams; PulseError (everything freed) if not ready
+        within ``CONNECT_TIMEOUT``. The record stream starts uncorked."""
+        pa = self._pa
+        self._close_link()
+        deadline = time.monotonic() + CONNECT_TIMEOUT
+        ctx = pa.pa_context_new(self._api, b"callctl")
+        if not ctx:
+            raise PulseError("cannot create a context", PA_ERR_BADSTATE)
+        self._ctx = ctx
+        # server None: libpulse picks it ($PULSE_SERVER, client.conf, the session's).
+        if pa.pa_context_connect(ctx, None, 0, None) < 0:
+            raise self._fail("cannot connect to the sound server")
+        while pa.pa_context_get_state(ctx) != PA_CONTEXT_READY:
+            if pa.pa_context_get_state(ctx) in (PA_CONTEXT_FAILED, PA_CONTEXT_TERMINATED):
+                raise self._fail("cannot connect to the sound server")
+            if time.monotonic() > deadline:
+                raise self._fail("the sound server did not answer", PA_ERR_TIMEOUT)
+            self._iterate(0.05)
+        frame_bytes = 2
+        period = self.period_frames * frame_bytes
+        spec = _SampleSpec(PA_SAMPLE_S16LE, self.rate, 1)
+        rec_attr = _BufferAttr(maxlength=self.rate * frame_bytes,  # 1 s
+                               tlength=0xFFFFFFFF, prebuf=0xFFFFFFFF, minreq=0xFFFFFFFF,
+                               fragsize=period)
+        # Without PA_STREAM_ADJUST_LATENCY, PulseAudio (and PipeWire's pulse server)
+        # ask the sink for tlength - 2 * minreq of latency: SINK_LATENCY here. The
+        # queue itself is whatever this thread keeps written (prime_frames).
+        sink = round(SINK_LATENCY * self.rate)
+        minreq = round(MINREQ_SECONDS * self.rate)
+        play_attr = _BufferAttr(
+            maxlength=0xFFFFFFFF,
+            tlength=(sink + 2 * minreq) * frame_bytes,
+            prebuf=period,  # after a flush or an underrun: play once data is there again
+            minreq=minreq * frame_bytes,
+            fragsize=0xFFFFFFFF)
+        self._rec = pa.pa_stream_new(ctx, b"microphone", ctypes.byref(spec), None)
+        if not self._rec:
+            raise self._fail("cannot create the microphone stream")
+        self._play = pa.pa_stream_new(ctx, b"speaker", ctypes.byref(spec), None)
+        if not self._play:
+            raise self._fail("cannot create the speaker stream")
+        # device None: $PULSE_SINK / $PULSE_SOURCE, else the server's default.
+        if pa.pa_stream_connect_record(self._rec, self.source.encode() if self.source else None,
+                                       ctypes.byref(rec_attr), STREAM_FLAGS) < 0:
+            raise self._fail("cannot open the microphone stream")
+        if pa.pa_stream_connect_playback(self._play, self.sink.encode() if self.sink else None,
+                                         ctypes.byref(play_attr), STREAM_FLAGS, None, None) < 0:
+            raise self._fail("cannot open the speaker stream")
+        pa.pa_stream_set_underflow_callback(self._play, self._on_underflow, None)
+        for stream, what in ((self._rec, "microphone"), (self._play, "speaker")):
+            while (state := pa.pa_stream_get_state(stream)) != PA_STREAM_READY:
+                if state in (PA_STREAM_FAILED, PA_STREAM_TERMINATED):
+                    raise self._fail(f"cannot open the {what} stream")
+                if time.monotonic() > deadline:
+                    raise self._fail(f"the {what} stream did not open", PA_ERR_TIMEOUT)
+                self._iterate(0.05)
+        self._rec_corked = False
+        self._written = 0
+        self._cap_fill = 0
+
+    def _fail(self, what: str, code: int | None = None) -> PulseError:
+        """The error for ``what`` (libpulse's own reason unless ``code``); frees the link."""
+        if code is None:
+            code = self._pa.pa_context_errno(self._ctx) if self._ctx else PA_ERR_BADSTATE
+        self._close_link()
+        return PulseError(what, code or PA_ERR_BADSTATE)
+
+    def _close_link(self) -> None:
+        pa = self._pa
+        for stream in (self._play, self._rec):
+            if stream:
+                if pa.pa_stream_get_state(stream) == PA_STREAM_READY:
+                    pa.pa_stream_disconnect(stream)
+                pa.pa_stream_unref(stream)
+        self._play = self._rec = None
+        if self._ctx:
+            pa.pa_context_disconnect(self._ctx)
+            pa.pa_context_unref(self._ctx)
+            self._ctx = None
+
+    def _healthy(self) -> bool:
+        pa = self._pa
+        # A failed context fails its streams.
+        return bool(self._play and self._rec
+                    and pa.pa_stream_get_state(self._rec) == PA_STREAM_READY
+                    and pa.pa_stream_get_state(self._play) == PA_STREAM_READY)
+
+    def _error(self, what: str) -> PulseError:
+        code = self._pa.pa_context_errno(self._ctx) if self._ctx else 0
+        return PulseError(what, code or PA_ERR_CONNECTIONTERMINATED)
+
+    def _iterate(self, timeout: float) -> None:
+        """One mainloop iteration: sleep in ``poll`` at most ``timeout`` s (0: don't),
+        then dispatch (send queued writes, take in what the server sent)."""
+        pa, ml = self._pa, self._ml
+        if pa.pa_mainloop_prepare(ml, int(timeout * 1e6)) < 0:
+            raise PulseError("mainloop", PA_ERR_BADSTATE)
+        if self._kicks != self._kicks_seen:
+            # A request came after the checks: prepare() just cleared its wake-up.
+            pa.pa_mainloop_wakeup(ml)
+        if pa.pa_mainloop_poll(ml) < 0:
+            raise PulseError("mainloop poll", PA_ERR_BADSTATE)
+        if pa.pa_mainloop_dispatch(ml) < 0:
+            raise PulseError("mainloop dispatch", PA_ERR_BADSTATE)
+
+    def _wait_op(self, op: int | None, what: str, timeout: float = OP_TIMEOUT,
+                 required: bool = True) -> None:
+        """Iterate until the operation ``op`` completes (at most ``timeout`` s); frees it.
+        PulseError if it could not be sent, or (when ``required``) did not complete."""
+        if not op:
+            raise self._error(what)
+        pa = self._pa
+        deadline = time.monotonic() + timeout
+        try:
+            while pa.pa_operation_get_state(op) == PA_OPERATION_RUNNING:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    if required:
+                        raise PulseError(what, PA_ERR_TIMEOUT)
+                    return
+                self._iterate(remaining)
+        finally:
+            pa.pa_operation_unref(op)
+
+    def _cork_rec(self, corked: bool) -> None:
+        if self._rec_corked != corked and self._rec:
+            op = self._pa.pa_stream_cork(self._rec, int(corked), None, None)
+            if not op:
+                raise self._error("cork")
+            self._pa.pa_operation_unref(op)
+            self._rec_corked = corked
+
+    def _pull(self) -> None:
+        """Move what the record stream received into ``_cap`` (no wait)."""
+        pa, rec = self._pa, self._rec
+        data, length = self._peek_data, self._peek_len
+        while True:
+            if pa.pa_stream_peek(rec, *self._peek_args) < 0:
+                raise self._error("read")
+            n = length.value
+            if n == 0:
+                return
+            frames = n // 2
+            if self._cap_fill + frames > CAPTURE_FRAMES:
+                self._cap_fill, frames = self._overrun(self._cap_fill, frames)
+            if data.value:
+                ctypes.memmove(self._cap_ptr + 2 * self._cap_fill, data.value, 2 * frames)
+            else:  # a hole in the stream: silence
+                self._cap[self._cap_fill : self._cap_fill + frames] = 0
+            self._cap_fill += frames
+            pa.pa_stream_drop(rec)
+
+    def _write(self, samples: np.ndarray, ptr: int | None = None, offset: int = 0,
+               seek: int = PA_SEEK_RELATIVE) -> None:
+        """Queue ``samples`` on the playback stream (sent at the next iteration; by
+        default after what was written before) and keep them in the history the fade
+        reads, at ``_written``."""
+        n = len(samples)
+        if self._fa.pa_stream_write(self._play, samples.ctypes.data if ptr is None else ptr,
+                                    2 * n, None, offset, seek) < 0:
+            raise self._error("write")
+        pos = self._written % HISTORY_FRAMES
+        end = pos + n
+        if end <= HISTORY_FRAMES:
+            self._history[pos:end] = samples
+        else:
+            first = HISTORY_FRAMES - pos
+            self._history[pos:] = samples[:first]
+            self._history[: n - first] = samples[first:]
+        self._written += n
+
+    def _latency(self, stream: int | None) -> float | None:
+        """Seconds (interpolated, no round trip): playback, until a sample written now
+        plays; record, of the data queued. None when the server has not said yet."""
+        if not stream or self._pa.pa_stream_get_latency(stream, *self._lat_args) < 0:
+            return None
+        value = self._lat_usec.value / 1e6
+        return -value if self._lat_neg.value else value
+
+    def _underflow(self, stream: int, userdata: int) -> None:
+        """libpulse's underflow callback (audio thread, in dispatch). Counted from a
+        call's first write on (before it, the queue is the last call's, or calibration's,
+        running out)."""
+        if self._active and not self._need_prime:
+            self.underruns += 1
+            self._underflowed = True
+
+    def _calibrate(self) -> tuple[float, float]:
+        """Run silence for a dozen periods; the server's latencies right after a write/read.
+
+        Output: seconds from a period's write to its first sample playing, as the
+        ``AudioDevice`` contract has it: the server's latency right after the write
+        (that of the sample written last: the queue, ``prime_frames``, and what the
+        sink holds) less the period. Input: the record stream's latency right after
+        a read (0 when the server reports a negative one, as for a monitor source).
+        Leaves the record stream corked (idle).
+        """
+        self._prime()
+        outs: list[float] = []
+        ins: list[float] = []
+        deadline = time.monotonic() + 3.0
+        while len(outs) < 12:
+            if time.monotonic() > deadline:
+                raise PulseError("the streams do not run", PA_ERR_TIMEOUT)
+            self._pull()
+            if self._cap_fill < self.period_frames:
+                self._iterate(0.1)
+                continue
+            lat_in = self._latency(self._rec)
+            self._cap_fill = 0
+            if self._need_prime:
+                self._prime_playback()
+            self._write(self._zeros[: self.period_frames], self._zeros_ptr)
+            self._iterate(0)
+            lat_out = self._latency(self._play)
+            if lat_in is not None and lat_out is not None:
+                ins.append(max(0.0, lat_in))
+                outs.append(lat_out)
+        self._cork_rec(True)
+        self._iterate(0)
+        self._written = 0
+        self.write_latency = float(np.median(outs[4:]))
+        """Seconds from a write to its last sample playing (the server's own figure)."""
+        return (max(0.0, self.write_latency - self.period_frames / self.rate),
+                float(np.median(ins[4:])))
 
     # -- audio thread -----------------------------------------------------------
 
     def _run(self) -> None:
+        self._realtime()
+        try:
+            self.output_latency, self.input_latency = self._calibrate()
+        except PulseError as exc:
+            self._open_error = str(exc)
+            self._close_link()
+            return
+        finally:
+            self._calibrated.set()
         session = -1
-        status = 0
         while not self._closed:
-            if not self._active or self.lost:
-                session = -1
-                self._wake.wait(0.5)
-                self._wake.clear()
-                continue
-            if self._play is None or self._rec is None:
-                self._recover(time.monotonic(), "the streams are closed")
-                continue
+            self._kicks_seen = self._kicks
             try:
+                if self._pending is not None:
+                    self._serve()
+                if not self._active or self.lost:
+                    if session != -1:
+                        session = -1
+                        self._go_idle()
+                    self._idle_wait()
+                    continue
                 if session != self._session:
                     session = self._session
+                    self._last_ok = time.monotonic()  # a gap is counted from here
+                    if not self._healthy():
+                        raise self._error("the stream failed")
                     self._prime()
-                self._rec.read_into(self._mic)
-                with self._io:
+                self._call(session)
+            except PulseError as exc:
+                if self._active and not self._closed:
+                    self._recover(self._last_ok, str(exc))
+                else:
+                    self.last_error = str(exc)
+                    self._close_link()  # reopened at the next start
+                    session = -1
+
+    def _idle_wait(self) -> None:
+        """Between calls: sleep until a request (or ``IDLE_WAIT``), taking in what the
+        server sends meanwhile; a connection that fails now is reopened at the next start."""
+        if self._ctx is not None:
+            self._iterate(IDLE_WAIT)
+            if not self._healthy():
+                self._close_link()
+        elif self._kicks == self._kicks_seen:
+            self._sleeper.acquire(timeout=IDLE_WAIT)
+
+    def _call(self, session: int) -> None:
+        """A call's periods, until a request needs the outer loop (audio thread).
+
+        Each period the thread sleeps until the period's microphone is due (not in
+        ``poll``: the server's packets do not wake it one by one), takes in what the
+        server sent without waiting, and if a whole period is there calls the handler
+        and writes; if not, it waits in ``poll`` for the rest, and that arrival sets the
+        schedule (``WAKE_CREEP`` brings it back there every few periods, so the schedule
+        follows the server's clock). The hot path binds what it uses to locals: on a
+        virtual machine every wake-up starts with cold caches, and each attribute
+        lookup counts.
+        """
+        fa = self._fa
+        ml, rec = self._ml, self._rec
+        iterate, peek, drop = fa.pa_mainloop_iterate, fa.pa_stream_peek, fa.pa_stream_drop
+        memmove, monotonic, acquire = ctypes.memmove, time.monotonic, self._sleeper.acquire
+        peek_args, data, length = self._peek_args, self._peek_data, self._peek_len
+        cap, cap_ptr, mic = self._cap, self._cap_ptr, self._cap_head
+        out, out_ptr, io = self._out, self._out_ptr, self._io
+        p = self.period_frames
+        period_s = p / self.rate
+        kicks = self._kicks_seen
+        while True:
+            now = monotonic()
+            due = self._due
+            if due is not None:
+                wait = due + WAKE_SLACK - now
+                if wait > 0:
+                    acquire(True, wait)
+                    if self._kicks != kicks:
+                        return
+                    now = monotonic()
+            # Take in all the server sent (one packet header or body an iteration),
+            # then all the microphone it held.
+            for _ in range(64):
+                if iterate(ml, 0, None) <= 0:
+                    break
+            fill = self._cap_fill
+            while True:
+                if peek(rec, *peek_args) < 0:
+                    raise self._error("read")
+                n = length.value >> 1
+                if not n:
+                    break
+                if fill + n > CAPTURE_FRAMES:
+                    fill, n = self._overrun(fill, n)
+                if data.value:
+                    memmove(cap_ptr + 2 * fill, data.value, 2 * n)
+                else:  # a hole in the stream: silence
+                    cap[fill : fill + n] = 0
+                fill += n
+                drop(rec)
+            self._cap_fill = fill
+            if fill < p:
+                if now - self._last_ok > STALL_SECONDS:
+                    raise PulseError("no microphone data", PA_ERR_TIMEOUT)
+                self._due = None  # the arrival it waits for is the new phase reference
+                self._iterate(0.1)
+                if self._kicks != kicks:
+                    return
+                continue
+            while fill >= p:
+                status = self._status
+                self._status = 0
+                with io:
                     if not self._active or session != self._session:
-                        continue
+                        return
+                    if self._need_prime:
+                        self._prime_playback()
                     handler = self._handler
                     if handler is None:
-                        self._out[:] = 0
+                        out[:] = 0
                     else:
-                        handler(self._mic, self._out, status)
-                    self._write(self._out)
-                self._last_ok = time.monotonic()
-                status = 0
-                # Outside the lock: the query is a round trip to the server, and a hangup
-                # must not wait for it.
-                if self._play.latency() < self.underflow_below:
-                    # The queue ran (nearly) dry: the clock stalled or this thread was
-                    # late. Refill it, or playback would go on starving period by period.
-                    with self._io:
-                        if self._active and session == self._session:
-                            self._write(self._zeros[: self.prime_frames - self.period_frames])
-                    status = OUTPUT_UNDERFLOW
-            except PulseError as exc:
-                self._recover(getattr(self, "_last_ok", time.monotonic()), str(exc))
+                        handler(mic, out, status)
+                    self._write(out, out_ptr)
+                fill -= p
+                if fill:
+                    cap[:fill] = cap[p : p + fill]
+                self._cap_fill = fill
+            iterate(ml, 0, None)  # the writes leave now
+            if due is not None:
+                late = monotonic() - due - WAKE_SLACK
+                if late > self.late_max:
+                    self.late_max = late
+            if self._underflowed:
+                self._refill()
+            self._due = (now if due is None else due) + period_s - WAKE_CREEP
+            self._last_ok = now
 
-    def _drain_capture(self) -> None:
-        """Drop what the record stream piled up, but for the period in progress.
+    def _overrun(self, fill: int, n: int) -> tuple[int, int]:
+        """``n`` more frames do not fit in ``_cap`` (the thread is a second behind): keep
+        the newest; the handler is told (``INPUT_OVERFLOW``). Returns the new fill and
+        how many of the ``n`` to take."""
+        n = min(n, CAPTURE_FRAMES)
+        keep = min(fill, CAPTURE_FRAMES - n)
+        self._cap[:keep] = self._cap[fill - keep : fill]
+        self._status |= INPUT_OVERFLOW
+        return keep, n
 
-        The simple API cannot flush a record stream (``pa_simple_flush`` is for
-        playback only), and while no call runs the server keeps recording into
-        the stream's buffer, up to its ``maxlength`` (1 s): without this the
-        microphone would reach the agent and the echo canceller that late, and
-        every read would return at once, leaving the playback write to pace
-        the thread (it would block, under the lock a hangup needs).
-        """
-        assert self._rec is not None
-        backlog = int(self._rec.latency() * self.rate) - self.period_frames
-        while backlog >= self.period_frames:
-            self._rec.read_into(self._mic)
-            backlog -= self.period_frames
+    def _realtime(self) -> None:
+        """Ask for ``SCHED_RR`` for this thread: the period's work then preempts whatever
+        else the machine runs. Refused (no privilege) means normal scheduling."""
+        try:
+            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(RT_PRIORITY))
+            self.realtime = f"SCHED_RR/{RT_PRIORITY}"
+        except (PermissionError, OSError, AttributeError) as exc:
+            self.realtime = f"normal ({exc.__class__.__name__})"
+
+    def _refill(self) -> None:
+        """The server said the playback queue ran dry (the thread or the server was
+        late): top it up with silence to ``prime_frames`` (counting what the sink holds),
+        or playback would go on starving period by period; the handler is told
+        (``OUTPUT_UNDERFLOW``). The queue may have filled again meanwhile (late
+        microphone comes in a burst, and so do the periods written for it): then
+        nothing is added."""
+        self._underflowed = False
+        self._status |= OUTPUT_UNDERFLOW
+        t = self._timing()
+        held = max(0, (t.write_index - t.read_index) // 2) + round(t.sink_s * self.rate)
+        missing = min(self.prime_frames - held, self.prime_frames - self.period_frames)
+        if missing >= 16:
+            self.refills += 1
+            with self._io:
+                if self._active:
+                    self._write(self._zeros[:missing], self._zeros_ptr)
+            self._pa.pa_mainloop_iterate(self._ml, 0, None)
 
     def _prime(self) -> None:
-        """Start of a call: drop the microphone that piled up, queue ``prime_frames`` of silence."""
-        assert self._play is not None and self._rec is not None
-        self._drain_capture()
-        self._play.flush()
-        self._write(self._zeros[: self.prime_frames])
+        """Start of a call (or a reopen, or calibration): uncork the record stream and drop
+        what it holds; the playback stream is flushed and primed with the first period
+        (``_prime_playback``), so that the queue is ``prime_frames`` deep right after
+        every write, whatever the phase of the record clock."""
+        self._cork_rec(False)
+        op = self._pa.pa_stream_flush(self._rec, None, None)
+        # Microphone that arrives before the flush's reply was recorded before it (a
+        # server too slow to answer in time lets a little of it through, no more).
+        self._wait_op(op, "flush", 0.1, required=False)
+        self._pull()
+        self._cap_fill = 0
+        self._need_prime = True
+        self._underflowed = False
+        self._status = 0
+        self._due = None
         self._last_ok = time.monotonic()
 
-    def _write(self, samples: np.ndarray) -> None:
-        assert self._play is not None
-        self._play.write(samples)
-        n = len(samples)
-        pos = self._written % HISTORY_FRAMES
-        first = min(n, HISTORY_FRAMES - pos)
-        self._history[pos : pos + first] = samples[:first]
-        self._history[: n - first] = samples[first:]
-        self._written += n
+    def _prime_playback(self) -> None:
+        pa = self._pa
+        op = pa.pa_stream_flush(self._play, None, None)
+        if not op:
+            raise self._error("flush")
+        pa.pa_operation_unref(op)
+        self._write(self._zeros[: self.prime_frames - self.period_frames], self._zeros_ptr)
+        self._need_prime = False
+        self._underflowed = False
 
-    def _fade_out(self) -> None:
+    def _go_idle(self) -> None:
+        """A call ended: cork the record stream (the server stops recording for us)."""
+        if self._healthy():
+            self._cork_rec(True)
+            self._iterate(0)
+        self._cap_fill = 0
+
+    def _serve(self) -> None:
+        """Answer the control thread's pending fade request (see ``fade_stop``)."""
+        with self._req_lock:
+            request, self._pending = self._pending, None
+        if request is None:
+            return
+        try:
+            if self._active and not self.lost and self._healthy():
+                request.result = self._fade(stop=request.kind == "stop")
+        except PulseError as exc:
+            self.last_error = str(exc)
+            if not self._healthy():
+                raise  # the connection failed: reopen it (a call goes on)
+        finally:
+            if request.kind == "stop":
+                self._active = False
+            request.done.set()
+
+    def _timing(self) -> _Timing:
+        """Playback timing fresh from the server (one round trip, ``OP_TIMEOUT`` at most)."""
+        pa = self._pa
+        asked = time.monotonic()
+        self._wait_op(pa.pa_stream_update_timing_info(self._play, None, None), "timing")
+        info = pa.pa_stream_get_timing_info(self._play)
+        if not info or info.contents.write_index_corrupt or info.contents.read_index_corrupt:
+            raise PulseError("the server gave no playback position", PA_ERR_NODATA)
+        t = info.contents
+        now = time.monotonic()
+        # The stamp is wall-clock time (pa_gettimeofday).
+        age = time.time() - (t.timestamp.tv_sec + t.timestamp.tv_usec / 1e6)
+        return _Timing(int(t.read_index), int(t.write_index), t.sink_usec / 1e6, now - age,
+                       t.configured_sink_usec / 1e6, now - asked)
+
+    def _fade(self, stop: bool) -> float:
         """Replace what the server holds by a fade of it, to exact zero, then silence.
+        Returns when the fade's last sample plays (``time.monotonic()``).
 
-        What the sink has already taken plays out (a block at most); the rest of the
-        queue is dropped and replaced by the fade of the samples that were there, then
-        silence, flush and write sent together (``replace_queue``): a flush on its own
-        leaves the stream empty until the next write arrives, and a sink that renders
-        in between plays a gap, a hard step to zero. Which samples those are comes
-        from the server's indices, read just before; so that the sink takes no block
-        between that reading and the flush, when its next block is due within
-        ``RENDER_MARGIN`` s this waits for it and reads them again.
+        What the sink has already taken plays out (a block at most); the queue behind
+        it is overwritten in place (one write at the read index, ``PA_SEEK_ABSOLUTE``)
+        by the fade of the samples that were there, then silence: up to the end of
+        the queue and a period more when ``stop``; when not, exactly to the end of
+        the queue, so the write index does not move and the handler's next period
+        lands where it would have, at the same latency. Nothing is flushed: the
+        stream never runs empty, so the sink cannot play a gap (a hard step to zero)
+        between a flush and the write.
+
+        Which samples those are comes from the server's read index, read just
+        before. If the sink takes its next block before the write reaches the
+        server, the part of the write before the new read index is dropped (the
+        server skips writes into the past); so when that block is due before the
+        write surely lands (``RENDER_MARGIN`` s, or twice the round trip the reading
+        took when the server is slow), the write starts with the blocks the sink may
+        take by then as they were, unfaded, and the fade after them: played or
+        skipped, the waveform stays continuous.
         """
-        assert self._play is not None
-        timing = self._play.timing()
-        if timing is not None and timing[2] - (time.monotonic() - timing[3]) < RENDER_MARGIN:
-            time.sleep(max(0.0, timing[2] - (time.monotonic() - timing[3])) + 0.0003)
-            timing = self._play.timing()
-        if timing is None:
-            raise PulseError("the server gave no playback position", PA_ERR_NOENTITY)
-        read_index, write_index, sink_s, at = timing
-        queued = max(0, (write_index - read_index) // 2)
-        start = self._written - min(queued, HISTORY_FRAMES - 1)
-        n = min(self.fade_frames, self._written - start)
-        total = n + self.period_frames
-        if len(self._fade_buf) < total:
+        t = self._timing()
+        rate = self.rate
+        queued = max(0, (t.write_index - t.read_index) // 2)
+        q = min(queued, HISTORY_FRAMES - 1, self._written)
+        start = self._written - q
+        hold = 0
+        due = t.sink_s - (time.monotonic() - t.at)  # until the sink takes its next block
+        lands = max(RENDER_MARGIN, 2 * t.rtt)  # until the write surely reaches the server
+        if due < lands:
+            block = max(16, round(max(t.sink_config_s, t.sink_s) * rate))
+            blocks = 1 + int((lands - max(0.0, due)) * rate / block)
+            hold = max(0, min(blocks * block, q - MIN_FADE_FRAMES))
+        n = min(self.fade_frames, q - hold)
+        total = max(q, hold + n + self.period_frames) if stop else q
+        if total > len(self._fade_buf):
             self._fade_buf = np.zeros(total, np.int16)
         buf = self._fade_buf[:total]
-        idx = (start + np.arange(n)) % HISTORY_FRAMES
-        # The gain curve is fixed at fade_frames; a shorter fade (the server held
-        # less than that) takes its steeper tail, which still ends at exact zero.
-        gains = self._fade_gain[len(self._fade_gain) - n:]
-        buf[:n] = np.rint(self._history[idx] * gains).astype(np.int16)
-        buf[n:] = 0
-        self._play.replace_queue(buf)
-        self.cut_at = at + sink_s + n / self.rate
-        self.fade_info = {"sink_ms": round(sink_s * 1000, 2), "queued_frames": queued,
-                          "fade_frames": n}
+        idx = (start + np.arange(hold + n)) % HISTORY_FRAMES
+        buf[: hold + n] = self._history[idx]
+        # A shorter fade (the server held less) is a whole curve of its own, not the
+        # tail of the long one: that would start below 1, a step in the waveform.
+        gains = self._fade_gains.get(n)
+        if gains is None:
+            gains = self._fade_gains[n] = fade_curve(n).astype(np.float64)
+        buf[hold : hold + n] = np.rint(buf[hold : hold + n] * gains).astype(np.int16)
+        buf[hold + n :] = 0
+        if total:
+            self._written = start
+            self._write(buf, offset=t.read_index, seek=PA_SEEK_ABSOLUTE)
+            self._pa.pa_mainloop_iterate(self._ml, 0, None)  # it leaves now
+        self.cut_at = t.at + t.sink_s + (hold + n) / rate
+        self.fade_info = {"sink_ms": round(t.sink_s * 1000, 2), "queued_frames": queued,
+                          "hold_frames": hold, "fade_frames": n, "written_frames": total,
+                          "rtt_ms": round(t.rtt * 1000, 2)}
+        return self.cut_at
 
     def _recover(self, last_ok: float, error: str) -> None:
-        """The streams failed: reopen them (retrying), then account for the gap."""
+        """The connection failed: reopen it (retrying), then account for the gap."""
         self.last_error = error
         entry: dict[str, Any] = {"at": time.monotonic(), "error": error, "gap_ms": None,
                                  "reopened": False}
         self.reopens.append(entry)
-        self._close_streams()
+        self._close_link()
         window_start = time.monotonic()
         while not self._closed and self._active:
+            self._kicks_seen = self._kicks
+            if self._pending is not None:
+                self._serve()  # no stream: the fade fails at once (None)
+                continue
             try:
                 self._open()
                 break
@@ -716,16 +1171,18 @@ class PulseDevice:
                         and now - self._failed[0] <= FAILED_REOPENS_SPAN):
                     self.lost = True
                     return
-            time.sleep(RETRY_INTERVAL)
+            if self._kicks == self._kicks_seen:
+                self._sleeper.acquire(timeout=RETRY_INTERVAL)
         if self._play is None:
             return
         entry["reopened"] = True
         try:
-            self._write(self._zeros[: self.prime_frames])
+            self._prime()
             self._rec_gap(last_ok, entry)
+            self._last_ok = time.monotonic()
         except PulseError as exc:
             self.last_error = str(exc)
-            self._close_streams()
+            self._close_link()
 
     def _rec_gap(self, last_ok: float, entry: dict[str, Any]) -> None:
         """Hand the handler the missed time as silent, flagged periods (recorder alignment)."""

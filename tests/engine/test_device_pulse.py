@@ -9,6 +9,7 @@ here are local helpers (``testing/measure.py`` did not exist yet).
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 import uuid
 import wave
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 
 from engine.audio_client import AudioProcess
+from engine.devices.pulse import DEFAULT_PERIOD_SECONDS
 from engine.ring import AudioRing
 from engine.soundserver import PlaybackObserver, PulseServer
 
@@ -73,10 +75,16 @@ def test_status_names_the_backend_and_the_server_latency(tmp_path: Path,
     try:
         status = proc.request({"cmd": "status"})
         assert status["backend"] == "pulse"
-        assert status["period_frames"] == 80 and status["device_rate"] == RATE
-        # Reported by the server: the queue (3 periods + the one written) and the sink's own.
-        assert 5 <= status["output_latency_ms"] <= 60, status
+        assert status["period_frames"] == round(DEFAULT_PERIOD_SECONDS * RATE)
+        assert status["device_rate"] == RATE
+        # Reported by the server: the queue kept after each write and what the sink holds,
+        # for the last sample written; the output latency is the first's (a period less).
+        period_ms = 1000 * status["period_frames"] / RATE
+        assert status["queue_ms"] / 2 <= status["write_latency_ms"] <= 40, status
+        assert abs(status["output_latency_ms"] + period_ms - status["write_latency_ms"]) < 0.1
+        assert status["output_latency_ms"] <= 20, status
         assert status["reopens"] == [] and status["last_device_error"] is None
+        assert status["device_underruns"] == 0 and status["realtime"], status
     finally:
         proc.stop()
 
@@ -116,6 +124,62 @@ def test_hangups_while_a_tone_plays_fade_at_the_speaker_without_a_step(
           f"click dB: worst {max(clicks):.1f}")
     assert ms.max() < 40, ms  # generous here; the real bound is in bench
     assert max(clicks) <= -20, clicks
+
+
+def test_barge_in_fades_at_the_speaker_and_the_call_goes_on(
+        tmp_path: Path, pulse: PulseServer, observer: PlaybackObserver) -> None:
+    """``flush`` (barge-in) on the native backend: what the server already holds fades
+    out at once, continuous with what played, and audio written after the flush plays."""
+    proc = spawn(tmp_path, pulse, "--no-aec")
+    ring = AudioRing.attach(proc.ring_prefix + "-play")
+    silences, clicks, restarts = [], [], []
+    try:
+        assert proc.request({"cmd": "start"})["ok"]
+        time.sleep(0.2)
+        for k in range(8):
+            ring.write(tone(2.0, freq=440.0 + 11 * k))
+            time.sleep(0.3 + 0.0037 * k)  # flushes land at every phase of the period
+            sent = time.monotonic()
+            reply = proc.request({"cmd": "flush"})
+            assert reply["ok"] and reply["done"] and reply["cut_by"] == "device", reply
+            assert reply["dropped_frames"] > RATE // 2, reply  # the ring was flushed too
+            assert observer.wait_until(sent + 0.15, timeout=5)
+            last = observer.last_sound_after(sent - 0.05, until=sent + 0.15)
+            assert last is not None and last > sent - 0.005, "it played up to the flush"
+            silences.append(last - sent)
+            clicks.append(click_db(observer, sent, last))
+            played = observer.segment(sent - 0.2, sent)
+            around = observer.segment(sent - 0.03, last + 0.01)
+            assert largest_step(around) <= largest_step(played) * 1.02 + 2, (
+                k, largest_step(around), largest_step(played))
+            assert abs(reply["silent_at"] - last) < 0.006, (reply, last)
+            # Nothing from before the flush plays after it; new audio does, at once.
+            time.sleep(0.1)
+            assert observer.wait_until(sent + 0.1, timeout=5)
+            assert observer.first_sound_after(last + 0.001, until=sent + 0.1) is None
+            written = time.monotonic()
+            ring.write(tone(0.3, freq=660.0))
+            assert observer.wait_until(written + 0.3, timeout=5)
+            first = observer.first_sound_after(written - 0.001, until=written + 0.3)
+            assert first is not None, "audio written after the flush plays"
+            restarts.append(first - written)
+            assert observer.first_sound_after(last + 0.001, until=written) is None
+        status = proc.request({"cmd": "status"})
+        assert status["state"] == "running" and status["reopens"] == [], status
+        # The queue is as deep after each flush as before (an underrun now and then
+        # comes from a loaded machine, not from the flushes: see the bench's figures).
+        assert status["device_refills"] <= 1, status
+        assert proc.request({"cmd": "hangup"})["ok"]
+    finally:
+        ring.close()
+        proc.stop()
+    ms = np.array(silences) * 1000
+    print(f"barge-in silence ms: median {np.median(ms):.1f} p100 {ms.max():.1f}; click dB: "
+          f"worst {max(clicks):.1f}; new audio after ms: median "
+          f"{np.median(restarts) * 1000:.1f} p100 {max(restarts) * 1000:.1f}")
+    assert ms.max() < 40, ms
+    assert max(clicks) <= -20, clicks
+    assert max(restarts) < 0.06, restarts
 
 
 def test_a_killed_stream_is_reopened_and_the_recording_keeps_wall_time(
@@ -198,7 +262,7 @@ def test_a_restarted_server_is_reconnected_or_the_device_says_lost(tmp_path: Pat
 @pytest.mark.parametrize("spec", ["pulse:a,b,c", "pulse:no_such_sink"])
 def test_a_bad_pulse_device_is_one_line(tmp_path: Path, pulse: PulseServer, spec: str) -> None:
     result = subprocess.run(
-        [".venv/bin/python", "-m", "engine.audio_process", "--control", f"ipc://{tmp_path}/b",
+        [sys.executable, "-m", "engine.audio_process", "--control", f"ipc://{tmp_path}/b",
          "--rings", f"callctl-b-{uuid.uuid4().hex[:6]}", "--device", spec],
         env=pulse.child_env(), capture_output=True, text=True, timeout=20,
         cwd=Path(__file__).resolve().parents[2])
