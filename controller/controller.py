@@ -40,7 +40,12 @@ from controller.call import Call, CallState, new_call_id
 from controller.curve import ServerKeys
 from controller.device_list import DeviceList
 from controller.endpoint_lock import EndpointLock
-from controller.postcall import PostcallRunner, make_call_folder, reserve_failure_note
+from controller.postcall import (
+    PostcallRunner,
+    make_call_folder,
+    release_claim,
+    reserve_failure_note,
+)
 from engine import protocol
 from engine.agent_client import AgentProcess, AgentServerProcess
 from engine.audio_client import (
@@ -423,7 +428,7 @@ class Controller:
         assert self.audio is not None
         try:
             make_call_folder(call.record_dir)
-            reserve_failure_note(call.record_dir)
+            call.claim = reserve_failure_note(call.record_dir)
         except OSError as exc:  # EACCES, EROFS, ENOTDIR, ENOSPC: this call fails, not us
             self._end_call(f"cannot create the call folder {call.record_dir}: "
                            f"{exc.strerror or exc}", failed=True)
@@ -560,6 +565,8 @@ class Controller:
             else call.base_url,
             audio_pid=self.audio.pid if self.audio else None,
             audio_status=self._audio_status(max_age=0.0) if call.audio_started else None)
+        release_claim(call.claim)  # the post-call process holds it now
+        call.claim = None
 
     # -- supervision ------------------------------------------------------------
 

@@ -48,6 +48,7 @@ ignored (the controller owns Ctrl-C).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import os
@@ -208,18 +209,21 @@ class PostcallRunner:
             path = call.record_dir / JOB_FILE
             with open_private(path) as out:
                 out.write(json.dumps(job))
-            return self._start(path, call.call_id, bool(call.clone_voice))
+            return self._start(path, call.call_id, bool(call.clone_voice), call.claim)
         except Exception as exc:  # never take the controller's loop down with it
             message = f"post-call work not started: {type(exc).__name__}: {exc}"
             call.errors.append(message)
             self._failed(call.record_dir, call.call_id, message)
             return None
 
-    def _start(self, job_path: Path, call_id: str, clone: bool) -> int:
+    def _start(self, job_path: Path, call_id: str, clone: bool, claim: int | None) -> int:
+        """Start the post-call process on ``job_path``; it inherits ``claim`` (the call
+        folder's lock, ``claim_call_folder``), which the caller then releases."""
         popen = lifeline.spawn(
             [sys.executable, "-m", "controller.postcall", "--job", str(job_path)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr,
-            env=_child_env(), start_new_session=True)
+            env=_child_env(), start_new_session=True,
+            pass_fds=() if claim is None else (claim,))
         self._running[popen.pid] = _Running(popen, call_id, clone, folder=job_path.parent)
         return popen.pid
 
@@ -232,11 +236,23 @@ class PostcallRunner:
             return resumed
         for folder in sorted(record_dir.iterdir()):
             job_path = folder / JOB_FILE
-            if not job_path.is_file() or (folder / SUMMARY).exists() \
+            in_call = (folder / FAILED_NOTE).is_file() and not job_path.exists()
+            if not (job_path.is_file() or in_call) or (folder / SUMMARY).exists() \
                     or read_failure_note(folder):
                 continue
+            try:
+                claim = claim_call_folder(folder)
+            except OSError:
+                continue  # not ours to touch (another user's, a read-only disk)
+            if claim is None:
+                continue  # a live controller or post-call process is working on it
             resumed.append(folder.name)
             try:
+                if in_call:
+                    self._failed(folder, folder.name, "the controller stopped during the "
+                                 "call; the call was not saved (its recording, if any, is "
+                                 "left as it was)")
+                    continue
                 job = json.loads(job_path.read_text())
                 if not isinstance(job, dict):
                     raise ValueError("not an object")
@@ -245,10 +261,12 @@ class PostcallRunner:
                 job["clone_voice"] = None  # nobody waits for it now; cloning is asked anew
                 with open_private(job_path) as out:
                     out.write(json.dumps(job))
-                self._start(job_path, folder.name, False)
+                self._start(job_path, folder.name, False, claim)
             except Exception as exc:
                 self._failed(folder, folder.name, "post-call work did not finish before the "
                              f"controller stopped, and cannot be resumed: {exc}")
+            finally:
+                release_claim(claim)
         return resumed
 
     def _failed(self, folder: Path | None, call_id: str, message: str) -> None:
@@ -479,14 +497,49 @@ def make_call_folder(folder: Path) -> None:
             os.chmod(path, 0o700)
 
 
-def reserve_failure_note(folder: Path) -> None:
-    """At the call's start: ``FAILED_NOTE`` filled with NULs, its blocks taken now."""
-    fd = os.open(folder / FAILED_NOTE, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def reserve_failure_note(folder: Path) -> int | None:
+    """At the call's start: ``FAILED_NOTE`` filled with NULs, its blocks taken now, and
+    the folder claimed (``claim_call_folder``) before anything is written. Returns the
+    claim's descriptor (the caller owns it), None if another process holds it. Raises
+    ``OSError`` (a full disk, a folder not ours): the call cannot start."""
+    fd = claim_call_folder(folder)
+    if fd is None:
+        return None
     try:
+        os.ftruncate(fd, 0)
         os.write(fd, b"\0" * NOTE_BYTES)
         os.fsync(fd)
-    finally:
+    except OSError:
         os.close(fd)
+        raise
+    return fd
+
+
+def claim_call_folder(folder: Path) -> int | None:
+    """An exclusive ``flock`` on the call folder's ``FAILED_NOTE``: whoever holds it is
+    working on the call (the controller during the call, then its post-call process,
+    which inherits the descriptor). Returns the descriptor (the caller owns it: closing
+    it, or dying, releases the claim), or None when a live process holds the claim.
+    Raises ``OSError`` when the note cannot be opened."""
+    fd = os.open(folder / FAILED_NOTE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def release_claim(fd: int | None) -> None:
+    """Close a descriptor from ``claim_call_folder`` (None: nothing to do)."""
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def write_failure_note(folder: Path, message: str) -> bool:

@@ -388,3 +388,25 @@ def test_callctl_call_clone_voice_shows_progress_and_prints_the_voice_id(
     assert len(summaries) == 1
     assert json.loads(summaries[0].read_text())["voice_id"] == match.group(1)
     assert SENTINEL_KEY not in out.stdout + out.stderr
+
+
+def test_a_call_folder_claimed_by_a_live_process_is_left_alone_and_a_dead_ones_is_marked(
+        tmp_path: Path) -> None:
+    """``resume`` at a controller's start: a call whose claim is held (a call in progress
+    in another controller sharing the record directory) is not touched; the same folder
+    once the claim is released (its controller died mid-call) is marked failed."""
+    record_dir = tmp_path / "calls"
+    folder = record_dir / "20261129-101010-abcd"
+    postcall.make_call_folder(folder)
+    claim = postcall.reserve_failure_note(folder)
+    assert claim is not None
+    assert postcall.claim_call_folder(folder) is None, "the claim is exclusive"
+    runner = postcall.PostcallRunner(f"ipc://{tmp_path}/ev")
+    assert runner.resume(record_dir) == []
+    assert postcall.read_failure_note(folder) is None and runner.take_failures() == []
+    postcall.release_claim(claim)  # as the controller's death would
+    assert runner.resume(record_dir) == [folder.name]
+    assert "stopped during the call" in (postcall.read_failure_note(folder) or "")
+    (failure,) = runner.take_failures()
+    assert failure["call_id"] == folder.name and failure["stage"] == "failed"
+    assert runner.resume(record_dir) == [], "marked once"

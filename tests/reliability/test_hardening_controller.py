@@ -193,7 +193,7 @@ def test_the_api_key_reaches_only_the_processes_that_use_it(serve: Any) -> None:
     assert served.request({"cmd": "hangup"})["ok"]
 
 
-def test_a_controller_killed_with_its_children_leaves_no_segment_behind(
+def test_a_controller_killed_mid_call_leaves_no_segment_and_no_call_saving_forever(
         tmp_path: Path) -> None:
     import signal
 
@@ -241,6 +241,18 @@ def test_a_controller_killed_with_its_children_leaves_no_segment_behind(
             except TimeoutError:
                 assert time.monotonic() < deadline
         assert segments(first.pid) == set(), "the next controller swept them"
+        # The call cut short is marked as such, not "(saving…)" for ever.
+        listed = subprocess.run([sys.executable, "-m", "controller.cli", "calls",
+                                 "--record-dir", str(tmp_path / "calls")],
+                                capture_output=True, text=True, timeout=20)
+        assert listed.returncode == 0, listed.stderr
+        assert "(post-call failed)" in listed.stdout and "saving" not in listed.stdout, \
+            listed.stdout
+        (folder,) = [p for p in (tmp_path / "calls").iterdir() if p.name != "logs"]
+        shown = subprocess.run([sys.executable, "-m", "controller.cli", "calls", "show",
+                                folder.name, "--record-dir", str(tmp_path / "calls")],
+                               capture_output=True, text=True, timeout=20)
+        assert "the controller stopped during the call" in shown.stdout, shown.stdout
         client.request({"cmd": "shutdown"})
         second.wait(15)
     finally:
