@@ -40,19 +40,19 @@ $(VENV)/.installed: setup.cfg pyproject.toml | system
 
 lint: venv
 	$(BIN)/ruff check engine controller gui tests bench testing
-	$(BIN)/mypy engine controller gui bench testing
+	$(BIN)/mypy callctl bench testing
 
 test: setup lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
 # The long runs: 1,000 consecutive calls, and the fuzzes at 10,000 cases each.
 soak: setup
-	CALLCTL_FUZZ_EXAMPLES=10000 $(BIN)/pytest -q -p no:cacheprovider -m soak tests/soak
+	CALLCTL_FUZZ_EXAMPLES=10000 $(BIN)/pytest -q -s -p no:cacheprovider -m soak tests/soak
 	CALLCTL_FUZZ_EXAMPLES=10000 $(BIN)/pytest -q -p no:cacheprovider tests/reliability/test_fuzz.py
 
 # The README's picture of the window mid-call (under its own Xvfb).
 screenshot: setup
-	$(BIN)/python -m gui.screenshot docs/gui.png
+	$(BIN)/python -m callctl.gui.screenshot docs/gui.png
 
 demo: setup
 	$(BIN)/callctl demo

@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.echo import FRAME, EchoCanceller
-from engine.ring import SAMPLE_RATE
+from callctl.engine.echo import FRAME, EchoCanceller
+from callctl.engine.ring import SAMPLE_RATE
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -138,7 +138,7 @@ def peak_frame_dbfs(x: np.ndarray, frame: int = 320) -> float:
 
 def scenario() -> tuple[np.ndarray, np.ndarray, int, int]:
     """(agent speech, caller track, caller start, caller end): int16, whole frames."""
-    from engine.agent_server.voice import Voice
+    from callctl.engine.agent_server.voice import Voice
 
     agent = Voice()
     gap = np.zeros(round(0.3 * SAMPLE_RATE), np.int16)
@@ -160,7 +160,7 @@ def measure(far: np.ndarray, near: np.ndarray, caller: tuple[int, int], delay_ms
 
     The result holds ``cpu_samples`` (seconds per frame, an array) for ``main`` to pool.
     """
-    from engine.devices.virtual import EchoPath
+    from callctl.engine.devices.virtual import EchoPath
 
     path = EchoPath(delay_ms / 1000, gain_db, lowpass_hz, SAMPLE_RATE, FRAME)
     mic, echo = path.run(far, near)

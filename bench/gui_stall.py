@@ -21,9 +21,9 @@ def measure() -> dict[str, Any]:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from PyQt6.QtWidgets import QApplication
 
-    from controller.demo import write_caller
-    from gui.app import build, prepare_application
-    from gui.loopwatch import LoopWatch
+    from callctl.controller.demo import write_caller
+    from callctl.gui.app import build, prepare_application
+    from callctl.gui.loopwatch import LoopWatch
 
     tmp = Path(tempfile.mkdtemp(prefix="callctl-gui-bench-"))
     os.environ["XDG_CONFIG_HOME"] = str(tmp / "config")

@@ -40,15 +40,15 @@ def step(title: str) -> float:
 
 
 def caller_speech() -> Any:
-    from engine.agent_server.voice import Voice
+    from callctl.engine.agent_server.voice import Voice
 
     return Voice().render("Sorry, can I stop you there for a second?")
 
 
 def agent_speech() -> Any:
     """The local agent server's greeting in its own voice: what Pipecat plays."""
-    from engine.agent_server.script import load_script
-    from engine.agent_server.voice import Voice
+    from callctl.engine.agent_server.script import load_script
+    from callctl.engine.agent_server.voice import Voice
 
     script = load_script(None)
     return Voice(script.voice, script.words_per_minute).render(script.greeting)

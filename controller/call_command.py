@@ -22,13 +22,13 @@ from typing import Any, TextIO
 
 import zmq
 
-from controller import endpoints
-from controller.calls import printable
-from controller.controller import Controller
-from controller.options import add_controller_options, controller_config
-from controller.serve import install_stop_signals
-from engine import protocol
-from engine.audio_client import ControlClient
+from callctl.controller import endpoints
+from callctl.controller.calls import printable
+from callctl.controller.controller import Controller
+from callctl.controller.options import add_controller_options, controller_config
+from callctl.controller.serve import install_stop_signals
+from callctl.engine import protocol
+from callctl.engine.audio_client import ControlClient
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 POSTCALL_WAIT_S = 600.0

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from controller.postcall import (
+from callctl.controller.postcall import (
     CALLER,
     FAILED_NOTE,
     JOB_FILE,
@@ -83,7 +83,7 @@ class CallFolder:
 
 
 def default_record_dir() -> Path:
-    from controller.options import default_record_dir as default
+    from callctl.controller.options import default_record_dir as default
 
     return default()
 

@@ -29,17 +29,17 @@ exit codes: 0 done, 1 nothing to do or the call failed, 2 no controller or bad u
 """
 
 COMMANDS = {
-    "call": ("controller.call_command", "main"),
-    "serve": ("controller.serve", "main"),
-    "hangup": ("controller.client", "hangup_main"),
-    "status": ("controller.client", "status_main"),
-    "events": ("controller.client", "events_main"),
-    "devices": ("controller.devices", "main"),
-    "gui": ("gui.app", "main"),
-    "calls": ("controller.calls", "main"),
-    "agent-server": ("engine.agent_server.cli", "main"),
-    "demo": ("controller.demo", "main"),
-    "keys": ("controller.curve", "main"),
+    "call": ("callctl.controller.call_command", "main"),
+    "serve": ("callctl.controller.serve", "main"),
+    "hangup": ("callctl.controller.client", "hangup_main"),
+    "status": ("callctl.controller.client", "status_main"),
+    "events": ("callctl.controller.client", "events_main"),
+    "devices": ("callctl.controller.devices", "main"),
+    "gui": ("callctl.gui.app", "main"),
+    "calls": ("callctl.controller.calls", "main"),
+    "agent-server": ("callctl.engine.agent_server.cli", "main"),
+    "demo": ("callctl.controller.demo", "main"),
+    "keys": ("callctl.controller.curve", "main"),
 }
 
 

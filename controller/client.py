@@ -14,11 +14,11 @@ from typing import Any
 
 import zmq
 
-from controller import endpoints
-from controller.calls import printable
-from controller.curve import ClientKeys, CurveError, curve_dir
-from controller.options import add_endpoint
-from engine.audio_client import ControlClient
+from callctl.controller import endpoints
+from callctl.controller.calls import printable
+from callctl.controller.curve import ClientKeys, CurveError, curve_dir
+from callctl.controller.options import add_endpoint
+from callctl.engine.audio_client import ControlClient
 
 EXIT_OK, EXIT_NOTHING, EXIT_USAGE = 0, 1, 2
 

@@ -35,27 +35,27 @@ from typing import IO, Any
 
 import zmq
 
-from controller import endpoints
-from controller.call import Call, CallState, new_call_id
-from controller.curve import ServerKeys
-from controller.device_list import DeviceList
-from controller.endpoint_lock import EndpointLock
-from controller.postcall import (
+from callctl.controller import endpoints
+from callctl.controller.call import Call, CallState, new_call_id
+from callctl.controller.curve import ServerKeys
+from callctl.controller.device_list import DeviceList
+from callctl.controller.endpoint_lock import EndpointLock
+from callctl.controller.postcall import (
     PostcallRunner,
     make_call_folder,
     release_claim,
     reserve_failure_note,
 )
-from engine import protocol
-from engine.agent_client import AgentProcess, AgentServerProcess
-from engine.audio_client import (
+from callctl.engine import protocol
+from callctl.engine.agent_client import AgentProcess, AgentServerProcess
+from callctl.engine.audio_client import (
     AudioProcess,
     AudioProcessError,
     sweep_stale_segments,
     unlink_rings,
 )
-from engine.credentials import load_credentials
-from engine.serving import RequestSocket
+from callctl.engine.credentials import load_credentials
+from callctl.engine.serving import RequestSocket
 
 STANDBY_READY_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 15.0

@@ -24,10 +24,10 @@ import numpy as np
 import platformdirs
 import zmq
 
-from engine.agent_server.voice import Voice
-from engine.audio_client import ControlClient
-from engine.ring import SAMPLE_RATE
-from engine.wavfile import GrowingWav, read_wav
+from callctl.engine.agent_server.voice import Voice
+from callctl.engine.audio_client import ControlClient
+from callctl.engine.ring import SAMPLE_RATE
+from callctl.engine.wavfile import GrowingWav, read_wav
 
 CALLER = "Hi! I would like to know what you can do for me today."
 SILENCE_PEAK = 33  # int16 magnitude of -60 dBFS
@@ -68,7 +68,7 @@ def run(out_dir: Path, mid_sentence: float) -> int:
     speaker = out_dir / "speaker.wav"
     print("2. starting a controller: audio process (virtual device), local agent server")
     serve = subprocess.Popen(
-        [sys.executable, "-m", "controller.cli", "serve", "--endpoint", endpoint,
+        [sys.executable, "-m", "callctl.controller.cli", "serve", "--endpoint", endpoint,
          "--device", "virtual", "--mic", str(out_dir / "caller.wav"), "--speaker", str(speaker),
          "--record-dir", str(out_dir / "calls")], stdout=subprocess.DEVNULL)
     control = ControlClient(endpoint)

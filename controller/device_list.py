@@ -3,7 +3,7 @@
 Listing PortAudio's devices initialises PortAudio, which probes ALSA and JACK and
 can take seconds; done in the controller's loop (or in the audio process, whose
 loop answers hangups too) it would hold a hangup queued behind it. So a child
-process lists them (``python -m controller.devices --json``), a thread waits for
+process lists them (``python -m callctl.controller.devices --json``), a thread waits for
 it, and the loop only ever reads the last answer. Loop thread: ``current``,
 ``refresh``; the waiting thread sets the result.
 """
@@ -54,7 +54,7 @@ class DeviceList:
 
     def _list(self) -> None:
         try:
-            done = subprocess.run([sys.executable, "-m", "controller.devices", "--json"],
+            done = subprocess.run([sys.executable, "-m", "callctl.controller.devices", "--json"],
                                   capture_output=True, text=True, timeout=LIST_TIMEOUT_S,
                                   env=self._env, stdin=subprocess.DEVNULL)
             if done.returncode != 0:

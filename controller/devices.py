@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from engine.audio_process import default_backend, list_all_devices
+from callctl.engine.audio_process import default_backend, list_all_devices
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import platformdirs
 
-from controller import endpoints
-from controller.controller import ControllerConfig
-from controller.curve import curve_dir
-from engine.wavfile import read_wav
+from callctl.controller import endpoints
+from callctl.controller.controller import ControllerConfig
+from callctl.controller.curve import curve_dir
+from callctl.engine.wavfile import read_wav
 
 
 def default_record_dir() -> Path:
@@ -28,7 +28,7 @@ def _seconds(text: str) -> float:
 
 
 def _echo(text: str) -> str:
-    from engine.audio_process import parse_echo
+    from callctl.engine.audio_process import parse_echo
 
     parse_echo(text)
     return text

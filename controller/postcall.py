@@ -2,7 +2,7 @@
 
 Nothing here runs in the controller's loop thread except ``PostcallRunner``'s
 bookkeeping: at the end of a call the controller writes a small job file and
-spawns ``python -m controller.postcall --job FILE`` (a fork and an exec, a
+spawns ``python -m callctl.controller.postcall --job FILE`` (a fork and an exec, a
 few milliseconds), republishes the process's progress events, and sends it
 SIGTERM to cancel a clone. The process lowers its priority, so it never
 competes with the audio of the next call.
@@ -66,10 +66,10 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine import lifeline, protocol
+from callctl.engine import lifeline, protocol
 
 if TYPE_CHECKING:
-    from controller.call import Call
+    from callctl.controller.call import Call
 
 JOB_FILE = ".postcall-job.json"
 """The controller's hand-over to the post-call process, in the call folder; removed when done."""
@@ -137,10 +137,7 @@ FINAL_STAGES = protocol.POSTCALL_FINAL_STAGES
 
 
 def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+    return dict(os.environ)
 
 
 @dataclass
@@ -220,7 +217,7 @@ class PostcallRunner:
         """Start the post-call process on ``job_path``; it inherits ``claim`` (the call
         folder's lock, ``claim_call_folder``), which the caller then releases."""
         popen = lifeline.spawn(
-            [sys.executable, "-m", "controller.postcall", "--job", str(job_path)],
+            [sys.executable, "-m", "callctl.controller.postcall", "--job", str(job_path)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr,
             env=_child_env(), start_new_session=True,
             pass_fds=() if claim is None else (claim,))
@@ -977,7 +974,7 @@ class Postcall:
         write_json_atomic(self.folder / SUMMARY, self.summary)
 
     def _make_caller_wav(self, recording: Path | None) -> Trimmed | None:
-        from engine.wavfile import WavFormatError, read_wav
+        from callctl.engine.wavfile import WavFormatError, read_wav
 
         if recording is None:
             return None
@@ -999,8 +996,9 @@ class Postcall:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m controller.postcall --job FILE``: 0 done, 1 failed, 2 bad job, 3 cancelled."""
-    parser = argparse.ArgumentParser(prog="python -m controller.postcall",
+    """``python -m callctl.controller.postcall --job FILE``: 0 done, 1 failed, 2 bad job,
+    3 cancelled."""
+    parser = argparse.ArgumentParser(prog="python -m callctl.controller.postcall",
                                      description="callctl's post-call work (spawned by the "
                                      "controller at the end of each call).")
     parser.add_argument("--job", required=True, type=Path, help="the controller's job file")
@@ -1022,7 +1020,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         print(f"postcall: cannot read {args.job}: {exc}", file=sys.stderr)
         return 2
-    from engine.credentials import ConfigError, load_credentials
+    from callctl.engine.credentials import ConfigError, load_credentials
 
     api_key, base_url, notes = None, job.get("base_url"), []
     try:

@@ -16,9 +16,9 @@ from types import FrameType
 
 import zmq
 
-from controller import endpoints
-from controller.controller import Controller
-from controller.options import add_controller_options, controller_config
+from callctl.controller import endpoints
+from callctl.controller.controller import Controller
+from callctl.controller.options import add_controller_options, controller_config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,20 +19,16 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import IO, Any
 
 import zmq
 
-from engine import lifeline, protocol
-from engine.credentials import without_secrets
+from callctl.engine import lifeline, protocol
+from callctl.engine.credentials import without_secrets
 
 
 def _child_env(env: dict[str, str] | None) -> dict[str, str]:
-    child = dict(os.environ if env is None else env)
-    root = str(Path(__file__).resolve().parent.parent)
-    child["PYTHONPATH"] = root + os.pathsep + child.get("PYTHONPATH", "")
-    return child
+    return dict(os.environ if env is None else env)
 
 
 class AgentProcess:
@@ -50,7 +46,7 @@ class AgentProcess:
                  env: dict[str, str] | None = None, config: str | None = None,
                  context: zmq.Context | None = None) -> None:
         self.control = control
-        cmd = [sys.executable, "-m", "engine.agent_process", "--control", control,
+        cmd = [sys.executable, "-m", "callctl.engine.agent_process", "--control", control,
                "--events", events]
         if config:
             cmd += ["--config", config]
@@ -158,8 +154,8 @@ class AgentServerProcess:
 
     def __init__(self, extra_args: list[str] | None = None, stderr: IO[Any] | int | None = None,
                  env: dict[str, str] | None = None) -> None:
-        cmd = [sys.executable, "-m", "engine.agent_server", "--host", "127.0.0.1", "--port", "0",
-               *(extra_args or [])]
+        cmd = [sys.executable, "-m", "callctl.engine.agent_server", "--host", "127.0.0.1",
+               "--port", "0", *(extra_args or [])]
         self.spawned_at = time.monotonic()
         # The user's key is not the local server's business.
         self.popen = lifeline.spawn(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -9,7 +9,7 @@ needs one — so ``start`` only opens the websocket. ``end`` calls
 process exits as soon as the service has answered the close (the controller
 kills it if that takes more than its grace period)::
 
-    python -m engine.agent_process --control ipc://.../agent-1 --events ipc://.../events
+    python -m callctl.engine.agent_process --control ipc://.../agent-1 --events ipc://.../events
 
 SDK callbacks become events (``engine.protocol.AGENT_*``) pushed to
 ``--events``. The API key is read here, from the environment or the config
@@ -36,12 +36,12 @@ import zmq
 from elevenlabs.client import ElevenLabs
 from elevenlabs.conversational_ai.conversation import Conversation, DisconnectionDetails
 
-from engine import lifeline, protocol
-from engine.audio_process import ring_names
-from engine.credentials import ConfigError, Credentials, load_credentials
-from engine.ring import AudioRing
-from engine.ring_audio import RingAudioInterface
-from engine.serving import RequestSocket
+from callctl.engine import lifeline, protocol
+from callctl.engine.audio_process import ring_names
+from callctl.engine.credentials import ConfigError, Credentials, load_credentials
+from callctl.engine.ring import AudioRing
+from callctl.engine.ring_audio import RingAudioInterface
+from callctl.engine.serving import RequestSocket
 
 EXPECTED_FORMAT = "pcm_16000"
 HTTP_TIMEOUT = 10.0
@@ -414,7 +414,7 @@ def _scrub(reply: dict[str, Any], secret: str) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m engine.agent_process",
+        prog="python -m callctl.engine.agent_process",
         description="callctl's agent process: one conversation on the elevenlabs SDK, "
         "its audio through the audio process's shared rings.")
     p.add_argument("--control", required=True, help="ZeroMQ endpoint to bind (REP)")

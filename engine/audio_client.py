@@ -20,9 +20,9 @@ from typing import Any
 
 import zmq
 
-from engine import lifeline, protocol
-from engine.audio_process import ring_names
-from engine.credentials import without_secrets
+from callctl.engine import lifeline, protocol
+from callctl.engine.audio_process import ring_names
+from callctl.engine.credentials import without_secrets
 
 
 class AudioProcessError(RuntimeError):
@@ -85,12 +85,10 @@ class AudioProcess:
     ) -> None:
         self.control = control
         self.ring_prefix = ring_prefix
-        cmd = [sys.executable, "-m", "engine.audio_process",
+        cmd = [sys.executable, "-m", "callctl.engine.audio_process",
                "--control", control, "--rings", ring_prefix, *(extra_args or [])]
         # Never the API key: the audio process and its resource tracker have no use for it.
         child_env = without_secrets(dict(os.environ if env is None else env))
-        root = str(Path(__file__).resolve().parent.parent)
-        child_env["PYTHONPATH"] = root + os.pathsep + child_env.get("PYTHONPATH", "")
         self.popen = lifeline.spawn(cmd, stdin=subprocess.DEVNULL, stderr=stderr, env=child_env)
         self.client = ControlClient(control)
 

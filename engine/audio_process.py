@@ -4,7 +4,7 @@
 ``engine.protocol.AUDIO_COMMANDS``; ``serve`` runs its request/reply loop on a
 ZeroMQ REP socket; ``main`` wires them from the command line::
 
-    python -m engine.audio_process --control ipc:///run/.../audio --rings callctl-123
+    python -m callctl.engine.audio_process --control ipc:///run/.../audio --rings callctl-123
 
 The process creates and owns the rings ``<prefix>-play`` (agent → speaker)
 and ``<prefix>-cap`` (microphone → agent) and unlinks them when it ends, on
@@ -29,14 +29,14 @@ from typing import Any, cast
 
 import zmq
 
-from engine import lifeline, protocol
-from engine.bridge import RateBridge
-from engine.callback import DEFAULT_FADE_SECONDS, DuplexCallback, dbfs
-from engine.devices import AudioDevice, DeviceError, FadingDevice
-from engine.echo import EchoCanceller, EchoThread, EchoUnavailable, InlineEcho
-from engine.recorder import CallRecorder
-from engine.ring import SAMPLE_RATE, AudioRing
-from engine.serving import RequestSocket
+from callctl.engine import lifeline, protocol
+from callctl.engine.bridge import RateBridge
+from callctl.engine.callback import DEFAULT_FADE_SECONDS, DuplexCallback, dbfs
+from callctl.engine.devices import AudioDevice, DeviceError, FadingDevice
+from callctl.engine.echo import EchoCanceller, EchoThread, EchoUnavailable, InlineEcho
+from callctl.engine.recorder import CallRecorder
+from callctl.engine.ring import SAMPLE_RATE, AudioRing
+from callctl.engine.serving import RequestSocket
 
 PLAYBACK_CAPACITY = 1 << 17
 """Playback ring, frames: 8.2 s at 16 kHz. The agent streams faster than real
@@ -305,11 +305,11 @@ def list_all_devices() -> list[dict[str, Any]]:
 
     Each entry has ``backend``, ``device`` (the ``--device`` value) and ``name``.
     """
-    from engine.devices.pulse import list_devices as pulse_devices
+    from callctl.engine.devices.pulse import list_devices as pulse_devices
 
     devices = pulse_devices()
     try:
-        from engine.devices.portaudio import list_devices as portaudio_devices
+        from callctl.engine.devices.portaudio import list_devices as portaudio_devices
 
         devices += portaudio_devices()
     except (ImportError, OSError) as exc:
@@ -321,7 +321,7 @@ def list_all_devices() -> list[dict[str, Any]]:
 def default_backend() -> str:
     """``pulse`` on Linux when a PulseAudio-protocol server answers, else ``portaudio``."""
     if sys.platform.startswith("linux"):
-        from engine.devices.pulse import server_answers
+        from callctl.engine.devices.pulse import server_answers
 
         if server_answers():
             return "pulse"
@@ -332,7 +332,7 @@ def open_device(args: argparse.Namespace) -> AudioDevice:
     """The device the command line names (see ``engine.devices``); DeviceError if it can't."""
     spec: str | None = args.device
     if spec == "virtual":
-        from engine.devices.virtual import VirtualDevice
+        from callctl.engine.devices.virtual import VirtualDevice
 
         rate = args.virtual_rate
         return VirtualDevice(
@@ -342,7 +342,7 @@ def open_device(args: argparse.Namespace) -> AudioDevice:
     if spec is None:
         spec = default_backend()
     if spec == "pulse" or spec.startswith("pulse:"):
-        from engine.devices.pulse import DEFAULT_PERIOD_SECONDS, PulseDevice, parse_spec
+        from callctl.engine.devices.pulse import DEFAULT_PERIOD_SECONDS, PulseDevice, parse_spec
 
         sink, source = parse_spec(spec)
         fade_ms = PULSE_FADE_MS if args.fade_ms is None else args.fade_ms
@@ -355,7 +355,7 @@ def open_device(args: argparse.Namespace) -> AudioDevice:
         name = spec[len("portaudio:"):] or None
     else:
         name = spec  # a bare PortAudio name or index, as before the pulse backend
-    from engine.devices.portaudio import PortAudioDevice
+    from callctl.engine.devices.portaudio import PortAudioDevice
 
     return PortAudioDevice(name, period_seconds=(args.period_ms or 10.0) / 1000,
                            verbose=args.verbose, input_device=args.input_device,
@@ -389,7 +389,7 @@ def parse_echo(text: str) -> tuple[float, float, float | None]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m engine.audio_process",
+        prog="python -m callctl.engine.audio_process",
         description="callctl's audio process: one full-duplex stream between the device "
         "and two shared-memory rings, controlled over ZeroMQ.",
     )

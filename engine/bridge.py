@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from engine.ring import SAMPLE_RATE
+from callctl.engine.ring import SAMPLE_RATE
 
 PeriodHandler = Callable[[np.ndarray, np.ndarray, int], None]
 """``handler(mic, out, device_status)``: int16 arrays at the device rate, ``out`` to fill.

@@ -28,10 +28,10 @@ from typing import Protocol
 
 import numpy as np
 
-from engine.bridge import DEVICE_GAP
-from engine.fade import fade_curve
-from engine.recorder import CallRecorder
-from engine.ring import SAMPLE_RATE, AudioRing
+from callctl.engine.bridge import DEVICE_GAP
+from callctl.engine.fade import fade_curve
+from callctl.engine.recorder import CallRecorder
+from callctl.engine.ring import SAMPLE_RATE, AudioRing
 
 DEFAULT_FADE_SECONDS = 0.010
 """The hangup fade on the callback path (PortAudio, virtual), seconds: one 10 ms period,

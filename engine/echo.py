@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.ring import SAMPLE_RATE, AudioRing
+from callctl.engine.ring import SAMPLE_RATE, AudioRing
 
 FRAME = SAMPLE_RATE // 100
 """Samples in one APM frame: exactly 10 ms at 16 kHz."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.ring import SAMPLE_RATE
+from callctl.engine.ring import SAMPLE_RATE
 
 TAIL_DB = -30.0
 """Where the hangup fade's quiet tail starts, dB re the signal."""

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.ring import SAMPLE_RATE, AudioRing, next_power_of_two
-from engine.wavfile import GrowingWav
+from callctl.engine.ring import SAMPLE_RATE, AudioRing, next_power_of_two
+from callctl.engine.wavfile import GrowingWav
 
 
 class CallRecorder:

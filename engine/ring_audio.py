@@ -35,7 +35,7 @@ from collections.abc import Callable
 import numpy as np
 from elevenlabs.conversational_ai.conversation import AudioInterface
 
-from engine.ring import SAMPLE_RATE, AudioRing
+from callctl.engine.ring import SAMPLE_RATE, AudioRing
 
 INPUT_CHUNK_FRAMES = SAMPLE_RATE // 10
 FEED_INTERVAL = 0.010

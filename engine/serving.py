@@ -18,8 +18,8 @@ from typing import Any
 
 import zmq
 
-from engine import protocol
-from engine.protocol import Field
+from callctl.engine import protocol
+from callctl.engine.protocol import Field
 
 
 class RequestSocket:

@@ -31,12 +31,12 @@ from types import TracebackType
 from PyQt6.QtCore import QTimer
 from PyQt6.QtWidgets import QApplication
 
-from controller import endpoints
-from controller.options import add_controller_options
-from gui import settings as gui_settings
-from gui.controller_process import ServeConfig
-from gui.session import Session
-from gui.window import MainWindow
+from callctl.controller import endpoints
+from callctl.controller.options import add_controller_options
+from callctl.gui import settings as gui_settings
+from callctl.gui.controller_process import ServeConfig
+from callctl.gui.session import Session
+from callctl.gui.window import MainWindow
 
 EXIT_OK, EXIT_USAGE = 0, 2
 

@@ -32,7 +32,7 @@ from typing import Any, cast
 
 from PyQt6.QtCore import QObject, QSocketNotifier, QTimer, pyqtSignal
 
-from engine import lifeline
+from callctl.engine import lifeline
 
 VIRTUAL = "virtual"
 DEVICE_DESTS = {"device", "input_device", "output_device"}
@@ -55,7 +55,7 @@ class ServeConfig:
     """Every other controller option, as given."""
 
     def argv(self) -> list[str]:
-        cmd = [sys.executable, "-m", "controller.cli", "serve", "--endpoint", self.endpoint]
+        cmd = [sys.executable, "-m", "callctl.controller.cli", "serve", "--endpoint", self.endpoint]
         if self.device is not None:
             cmd.append(f"--device={self.device}")
         if self.device == VIRTUAL:

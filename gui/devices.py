@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gui.controller_process import VIRTUAL, ServeConfig
+from callctl.gui.controller_process import VIRTUAL, ServeConfig
 
 Direction = Literal["input", "output"]
 

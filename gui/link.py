@@ -36,7 +36,7 @@ from typing import Any, cast
 import zmq
 from PyQt6.QtCore import QObject, QSocketNotifier, QTimer, pyqtSignal
 
-from engine import protocol
+from callctl.engine import protocol
 
 Reply = dict[str, Any]
 ReplyHandler = Callable[[Reply], None]

@@ -1,4 +1,4 @@
-"""``python -m gui.screenshot docs/gui.png``: the window in the middle of a call, as a PNG.
+"""``python -m callctl.gui.screenshot docs/gui.png``: the window in the middle of a call, as a PNG.
 
 Starts its own Xvfb (``-displayfd``: the server picks a free display and
 says which), runs the window exactly as ``callctl gui`` does — its own
@@ -35,7 +35,7 @@ RATE = 16_000
 def start_xvfb(size: str) -> tuple[subprocess.Popen[bytes], str]:
     """A private X server on a display it picked itself; returns it and ``:N``."""
     if shutil.which("Xvfb") is None:
-        raise SystemExit("gui.screenshot: Xvfb is not installed (apt-get install xvfb)")
+        raise SystemExit("callctl.gui.screenshot: Xvfb is not installed (apt-get install xvfb)")
     read, write = os.pipe()
     proc = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", f"{size}x24",
                              "-nolisten", "tcp"], pass_fds=(write,),
@@ -47,12 +47,12 @@ def start_xvfb(size: str) -> tuple[subprocess.Popen[bytes], str]:
         left = deadline - time.monotonic()
         if left <= 0 or proc.poll() is not None:
             proc.kill()
-            raise SystemExit("gui.screenshot: Xvfb did not start")
+            raise SystemExit("callctl.gui.screenshot: Xvfb did not start")
         if select.select([read], [], [], left)[0]:
             chunk = os.read(read, 16)
             if not chunk:
                 proc.kill()
-                raise SystemExit("gui.screenshot: Xvfb did not say its display")
+                raise SystemExit("callctl.gui.screenshot: Xvfb did not say its display")
             number += chunk
     os.close(read)
     return proc, f":{number.decode().strip()}"
@@ -60,8 +60,8 @@ def start_xvfb(size: str) -> tuple[subprocess.Popen[bytes], str]:
 
 def caller_wav(path: Path, total_s: float, at: tuple[float, ...]) -> Path:
     """The microphone: silence with the caller's lines at ``at`` seconds (espeak-ng)."""
-    from engine.agent_server.voice import Voice
-    from engine.wavfile import GrowingWav
+    from callctl.engine.agent_server.voice import Voice
+    from callctl.engine.wavfile import GrowingWav
 
     voice = Voice()
     mic = np.zeros(int(total_s * RATE), np.int16)
@@ -77,7 +77,7 @@ def caller_wav(path: Path, total_s: float, at: tuple[float, ...]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gui.screenshot",
+    parser = argparse.ArgumentParser(prog="python -m callctl.gui.screenshot",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("out", type=Path, help="where the PNG goes, e.g. docs/gui.png")
     parser.add_argument("--scale", type=float, default=1.0, help="QT_SCALE_FACTOR (default 1)")
@@ -103,7 +103,7 @@ def _shoot(out: Path, work: Path) -> int:
     from PyQt6.QtCore import QEventLoop, QTimer
     from PyQt6.QtWidgets import QApplication
 
-    from gui.app import build, prepare_application
+    from callctl.gui.app import build, prepare_application
 
     app = QApplication(["callctl"])
     prepare_application(app)
@@ -118,7 +118,7 @@ def _shoot(out: Path, work: Path) -> int:
         while not cond():
             if time.monotonic() > deadline:
                 if required:
-                    raise SystemExit(f"gui.screenshot: timed out waiting for {what} "
+                    raise SystemExit(f"callctl.gui.screenshot: timed out waiting for {what} "
                                      f"(state {w.state_text()!r}: {w.banner_message()})")
                 return
             loop = QEventLoop()
@@ -148,8 +148,8 @@ def _shoot(out: Path, work: Path) -> int:
         wait("the timer", lambda: w.timer_label.text() >= "00:12", 10, required=False)
         out.parent.mkdir(parents=True, exist_ok=True)
         if not w.grab().save(str(out), "PNG"):
-            raise SystemExit(f"gui.screenshot: could not write {out}")
-        print(f"gui.screenshot: wrote {out} ({w.width()}x{w.height()} at "
+            raise SystemExit(f"callctl.gui.screenshot: could not write {out}")
+        print(f"callctl.gui.screenshot: wrote {out} ({w.width()}x{w.height()} at "
               f"{os.environ['QT_SCALE_FACTOR']}x)")
         w.hang_up()
         wait("the hangup", lambda: w.state_text() == "Ready", 10, required=False)

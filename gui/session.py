@@ -31,9 +31,9 @@ from typing import Any
 
 from PyQt6.QtCore import QObject, QTimer, pyqtSignal
 
-from controller import endpoints
-from gui.controller_process import ServeConfig, ServeProcess
-from gui.link import ControllerLink, ReplyHandler
+from callctl.controller import endpoints
+from callctl.gui.controller_process import ServeConfig, ServeProcess
+from callctl.gui.link import ControllerLink, ReplyHandler
 
 RETRY_MS = 1000
 """Between two ``ping`` attempts while waiting for a controller."""

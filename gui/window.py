@@ -46,15 +46,15 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
-from gui import devices as device_choices
-from gui import messages
-from gui.devices import Choice
-from gui.meters import LevelMeter
-from gui.session import IDLE_STATES, Session
-from gui.settings import LOCAL_AGENT, GuiSettings
-from gui.settings import save as save_settings
-from gui.settings import save_later as save_settings_later
-from gui.settings import start_writer as start_settings_writer
+from callctl.gui import devices as device_choices
+from callctl.gui import messages
+from callctl.gui.devices import Choice
+from callctl.gui.meters import LevelMeter
+from callctl.gui.session import IDLE_STATES, Session
+from callctl.gui.settings import LOCAL_AGENT, GuiSettings
+from callctl.gui.settings import save as save_settings
+from callctl.gui.settings import save_later as save_settings_later
+from callctl.gui.settings import start_writer as start_settings_writer
 
 CALL_KEYS: tuple[str, ...] = ("Ctrl+Return", "Ctrl+Enter")
 HANGUP_KEYS: tuple[str, ...] = ("Esc", "Ctrl+H")

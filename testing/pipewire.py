@@ -69,7 +69,7 @@ from typing import IO
 
 import numpy.typing as npt
 
-from engine.soundserver import (
+from callctl.engine.soundserver import (
     PulseServerError,
     _child_argv,
     _cleanup,

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import zmq
 
-from engine.audio_client import ControlClient
-from engine.wavfile import GrowingWav
+from callctl.engine.audio_client import ControlClient
+from callctl.engine.wavfile import GrowingWav
 
 RATE = 16_000
 CALLER_LINE = "Hello, I would like to book a table for two people tonight please."
@@ -27,7 +27,7 @@ CALLER_LINE = "Hello, I would like to book a table for two people tonight please
 @pytest.fixture(scope="session")
 def caller_speech() -> np.ndarray:
     """A caller's sentence, int16 at 16 kHz, voiced by espeak-ng."""
-    from engine.agent_server.voice import Voice
+    from callctl.engine.agent_server.voice import Voice
 
     return Voice().render(CALLER_LINE)
 
@@ -106,7 +106,7 @@ def serve(tmp_path: Path, caller_speech: np.ndarray) -> Iterator[Any]:
                                speech_at if speech_at is not None else [6.0], total)
         endpoint = f"ipc://{tmp_path}/control"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "controller.cli", "serve", "--endpoint", endpoint,
+            [sys.executable, "-m", "callctl.controller.cli", "serve", "--endpoint", endpoint,
              "--device", "virtual", "--mic", str(mic), "--speaker", str(tmp_path / "speaker.wav"),
              "--record-dir", str(tmp_path / "calls"), *extra],
             stdout=subprocess.PIPE, stderr=open(tmp_path / "serve.log", "w"),  # noqa: SIM115

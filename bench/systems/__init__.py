@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from engine.soundserver import PlaybackObserver, PulseServer
+from callctl.engine.soundserver import PlaybackObserver, PulseServer
 
 
 @dataclass

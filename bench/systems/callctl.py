@@ -10,7 +10,7 @@ import numpy as np
 
 from bench.harness import ControllerOnPulse
 from bench.systems import HangupStamps
-from engine.soundserver import PulseServer
+from callctl.engine.soundserver import PulseServer
 
 BARGE_IN_LEAD_S = 0.25
 """Caller speech starts this long before the wanted interruption: the local agent

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import IO, Any
 
-from engine.soundserver import PlaybackObserver, PulseServer
+from callctl.engine.soundserver import PlaybackObserver, PulseServer
 
 
 class ChildError(RuntimeError):

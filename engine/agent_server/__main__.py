@@ -1,4 +1,4 @@
-"""``python -m engine.agent_server``: the same as ``callctl agent-server``."""
+"""``python -m callctl.engine.agent_server``: the same as ``callctl agent-server``."""
 
 import sys
 

@@ -146,7 +146,7 @@ def load_script(path: str | Path | None = None) -> Script:
         ScriptError: the file cannot be read or parsed.
     """
     if path is None:
-        text = resources.files(__package__ or "engine.agent_server").joinpath(
+        text = resources.files(__package__ or "callctl.engine.agent_server").joinpath(
             DEFAULT_SCRIPT_NAME
         ).read_text(encoding="utf-8")
     else:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from engine.bridge import PeriodHandler
+from callctl.engine.bridge import PeriodHandler
 
 
 class DeviceError(RuntimeError):

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from engine.bridge import PeriodHandler
-from engine.devices import DeviceError
-from engine.quiet import quiet_stderr
-from engine.ring import SAMPLE_RATE
+from callctl.engine.bridge import PeriodHandler
+from callctl.engine.devices import DeviceError
+from callctl.engine.quiet import quiet_stderr
+from callctl.engine.ring import SAMPLE_RATE
 
 # Never let PortAudio's JACK backend try to launch a JACK server of its own.
 os.environ.setdefault("JACK_NO_START_SERVER", "1")
@@ -44,7 +44,7 @@ def plugin_refusal(name: str, server_up: bool | None = None) -> str | None:
         return None
     if low == "default":
         if server_up is None:
-            from engine.devices.pulse import server_answers
+            from callctl.engine.devices.pulse import server_answers
 
             server_up = server_answers()
         if not server_up:
@@ -77,7 +77,7 @@ def list_devices(verbose: bool = False) -> list[dict[str, Any]]:
         for d in devices:
             name = str(d["name"])
             if name.lower() == "default" and server_up is None:
-                from engine.devices.pulse import server_answers
+                from callctl.engine.devices.pulse import server_answers
 
                 server_up = server_answers()
             d["refused"] = plugin_refusal(name, bool(server_up))

@@ -71,10 +71,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from engine.bridge import DEVICE_GAP, PeriodHandler
-from engine.devices import DeviceError
-from engine.fade import fade_curve
-from engine.ring import SAMPLE_RATE
+from callctl.engine.bridge import DEVICE_GAP, PeriodHandler
+from callctl.engine.devices import DeviceError
+from callctl.engine.fade import fade_curve
+from callctl.engine.ring import SAMPLE_RATE
 
 PA_SAMPLE_S16LE = 3
 PA_ERR_TIMEOUT = 8

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.bridge import PeriodHandler
-from engine.ring import SAMPLE_RATE
-from engine.wavfile import GrowingWav, read_mono_16k
+from callctl.engine.bridge import PeriodHandler
+from callctl.engine.ring import SAMPLE_RATE
+from callctl.engine.wavfile import GrowingWav, read_mono_16k
 
 ECHO_FILTER_TAPS = 63
 """Length of the echo path's low-pass FIR (windowed sinc), samples: 3.9 ms at 16 kHz."""

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -12,12 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from testing.cli import callctl
 from tests.conftest import write_caller_wav
-
-
-def callctl(*args: str, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "controller.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kw)
 
 
 def test_help_teaches_and_unknown_commands_fail_with_2() -> None:

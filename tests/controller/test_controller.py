@@ -18,7 +18,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.wavfile import read_wav
+from callctl.engine.wavfile import read_wav
 
 RATE = 16_000
 

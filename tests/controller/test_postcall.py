@@ -14,7 +14,6 @@ import math
 import os
 import re
 import subprocess
-import sys
 import time
 import wave
 from pathlib import Path
@@ -23,8 +22,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from controller import postcall
-from engine.wavfile import read_wav
+from callctl.controller import postcall
+from callctl.engine.wavfile import read_wav
+from testing.cli import callctl
 
 RATE = 16_000
 SENTINEL_KEY = "sk_SENTINEL_postcall_n0t_for_l0gs_5c1d"
@@ -44,11 +44,6 @@ def clone_env(tmp_path: Path, key: str | None = SENTINEL_KEY,
     if min_speech is not None:
         env[postcall.MIN_SPEECH_ENV] = str(min_speech)
     return env
-
-
-def callctl(*args: str, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "controller.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kw)
 
 
 def postcall_final(served: Any, call_id: str, timeout: float) -> dict[str, Any]:

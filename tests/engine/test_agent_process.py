@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 import zmq
 
-from engine.agent_server.voice import Voice
-from engine.audio_client import AudioProcess, ControlClient
-from engine.wavfile import GrowingWav, read_wav
+from callctl.engine.agent_server.voice import Voice
+from callctl.engine.audio_client import AudioProcess, ControlClient
+from callctl.engine.wavfile import GrowingWav, read_wav
 
 RATE = 16_000
 SENTINEL_KEY = "sk_sentinel_0f9e8d7c6b5a4f3e2d1c"
@@ -80,7 +80,8 @@ def caller_wav(path: Path, speech_at: float, total: float) -> None:
 def start_server(tmp: Path, *args: str, env: dict[str, str] | None = None
                  ) -> tuple[subprocess.Popen[str], str]:
     log = open(tmp / "server.log", "w")  # noqa: SIM115 - closed with the process
-    server = subprocess.Popen([sys.executable, "-m", "engine.agent_server", "--port", "0", *args],
+    server = subprocess.Popen([sys.executable, "-m", "callctl.engine.agent_server",
+                               "--port", "0", *args],
                               stdout=subprocess.PIPE, stderr=log, text=True, env=env)
     assert server.stdout is not None
     line = server.stdout.readline()
@@ -108,7 +109,7 @@ def rig_factory(tmp_path: Path) -> Iterator[Any]:
         pull.setsockopt(zmq.LINGER, 0)
         pull.bind(f"ipc://{tmp_path}/events")
         agent = subprocess.Popen(
-            [sys.executable, "-m", "engine.agent_process", "--control", f"ipc://{tmp_path}/agent",
+            [sys.executable, "-m", "callctl.engine.agent_process", "--control", f"ipc://{tmp_path}/agent",
              "--events", f"ipc://{tmp_path}/events"],
             stdout=open(tmp_path / "agent.out", "w"), stderr=open(tmp_path / "agent.log", "w"),  # noqa: SIM115
             env=env)

@@ -1,6 +1,6 @@
 """The offline agent server against the real elevenlabs SDK, real sockets, a real subprocess.
 
-Each server runs as ``python -m engine.agent_server --port 0`` and is found through
+Each server runs as ``python -m callctl.engine.agent_server --port 0`` and is found through
 the one line it prints. The caller is a tiny ``AudioInterface`` whose input thread
 feeds an espeak-ng recording of caller speech (then silence) at real time.
 Every wait is bounded; the whole file runs in well under a minute.
@@ -39,12 +39,12 @@ from websockets.frames import Frame, Opcode
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from engine.agent_server import protocol as p
-from engine.agent_server.script import ScriptError, load_script, parse_script
-from engine.agent_server.server import AgentServer, ServerConfig
-from engine.agent_server.session import SessionConfig
-from engine.agent_server.vad import EnergyVad, SpeechEnd, SpeechStart
-from engine.agent_server.voice import Voice, parse_wav, resample
+from callctl.engine.agent_server import protocol as p
+from callctl.engine.agent_server.script import ScriptError, load_script, parse_script
+from callctl.engine.agent_server.server import AgentServer, ServerConfig
+from callctl.engine.agent_server.session import SessionConfig
+from callctl.engine.agent_server.vad import EnergyVad, SpeechEnd, SpeechStart
+from callctl.engine.agent_server.voice import Voice, parse_wav, resample
 
 ROOT = Path(__file__).resolve().parents[2]
 RATE = 16000
@@ -107,13 +107,13 @@ def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
 
 
 class ServerProcess:
-    """``python -m engine.agent_server`` as a subprocess, with its output collected."""
+    """``python -m callctl.engine.agent_server`` as a subprocess, with its output collected."""
 
     def __init__(self, *args: str) -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
         env.pop("ELEVENLABS_API_KEY", None)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.agent_server", "--port", "0", *args],
+            [sys.executable, "-m", "callctl.engine.agent_server", "--port", "0", *args],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,

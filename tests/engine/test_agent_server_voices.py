@@ -1,6 +1,6 @@
 """The local agent server's ``POST /v1/voices/add`` against the real elevenlabs SDK.
 
-Each server is a real ``python -m engine.agent_server`` subprocess; requests go
+Each server is a real ``python -m callctl.engine.agent_server`` subprocess; requests go
 over real sockets, through the same port as the websocket conversations.
 Every wait is bounded.
 """
@@ -20,8 +20,8 @@ import pytest
 from elevenlabs import ElevenLabs
 from elevenlabs.errors.unprocessable_entity_error import UnprocessableEntityError
 
-from engine.agent_server import protocol as p
-from engine.agent_server.voices import VOICES_ADD_PATH, check_audio, parse_form
+from callctl.engine.agent_server import protocol as p
+from callctl.engine.agent_server.voices import VOICES_ADD_PATH, check_audio, parse_form
 from tests.engine.test_agent_server import (
     LINES,
     SENTINEL_KEY,

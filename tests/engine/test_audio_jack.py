@@ -30,8 +30,8 @@ import pytest
 
 pytest.importorskip("jack", reason="JACK-Client (PyPI) is needed for the JACK observer")
 
-from engine.audio_client import AudioProcess, AudioProcessError  # noqa: E402
-from engine.ring import AudioRing  # noqa: E402
+from callctl.engine.audio_client import AudioProcess, AudioProcessError  # noqa: E402
+from callctl.engine.ring import AudioRing  # noqa: E402
 from testing.jack import JackObserver, JackServer  # noqa: E402
 
 RATE = 16_000
@@ -184,7 +184,7 @@ def hangup_once(proc: AudioProcess, ring: AudioRing, observer: JackObserver,
 
 def test_hangups_while_sounding_end_at_the_port_without_a_click(
         tmp_path: Path, jack_server: JackServer, observer: JackObserver) -> None:
-    from engine.agent_server.voice import Voice
+    from callctl.engine.agent_server.voice import Voice
 
     steady = tone(1.0)
     own_step = largest_step(steady)

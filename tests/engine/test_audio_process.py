@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.audio_client import AudioProcess
-from engine.ring import AudioRing
-from engine.wavfile import read_wav
+from callctl.engine.audio_client import AudioProcess
+from callctl.engine.ring import AudioRing
+from callctl.engine.wavfile import read_wav
 
 RATE = 16_000
 PERIOD = 160
@@ -229,7 +229,7 @@ def test_bad_mic_wav_is_a_clear_error(tmp_path: Path) -> None:
     import sys
 
     out = subprocess.run(
-        [sys.executable, "-m", "engine.audio_process", "--control", f"ipc://{tmp_path}/a",
+        [sys.executable, "-m", "callctl.engine.audio_process", "--control", f"ipc://{tmp_path}/a",
          "--device", "virtual", "--mic", str(bad)],
         capture_output=True, text=True, timeout=20)
     assert out.returncode != 0

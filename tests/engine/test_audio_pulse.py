@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.audio_client import AudioProcess
-from engine.ring import AudioRing
-from engine.soundserver import PlaybackObserver, PulseServer
+from callctl.engine.audio_client import AudioProcess
+from callctl.engine.ring import AudioRing
+from callctl.engine.soundserver import PlaybackObserver, PulseServer
 
 RATE = 16_000
 
@@ -118,7 +118,7 @@ def test_portaudio_plugin_device_is_refused_and_its_noise_hidden_unless_verbose(
         tmp_path: Path, pulse: PulseServer) -> None:
     def stderr_of(*extra: str) -> tuple[int, str]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.audio_process", "--control", f"ipc://{tmp_path}/q",
+            [sys.executable, "-m", "callctl.engine.audio_process", "--control", f"ipc://{tmp_path}/q",
              "--rings", f"callctl-q-{uuid.uuid4().hex[:6]}", "--device", "portaudio:pulse",
              *extra],
             env=dict(pulse.child_env(), JACK_NO_START_SERVER="1"), stderr=subprocess.PIPE,

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.audio_client import AudioProcess
-from engine.ring import AudioRing
-from engine.soundserver import PlaybackObserver
+from callctl.engine.audio_client import AudioProcess
+from callctl.engine.ring import AudioRing
+from callctl.engine.soundserver import PlaybackObserver
 from testing.measure import ObserverRecording, ending, largest_step, peak
 from testing.pipewire import PipeWireServer
 

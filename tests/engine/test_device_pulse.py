@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.audio_client import AudioProcess
-from engine.devices.pulse import DEFAULT_PERIOD_SECONDS
-from engine.ring import AudioRing
-from engine.soundserver import PlaybackObserver, PulseServer
+from callctl.engine.audio_client import AudioProcess
+from callctl.engine.devices.pulse import DEFAULT_PERIOD_SECONDS
+from callctl.engine.ring import AudioRing
+from callctl.engine.soundserver import PlaybackObserver, PulseServer
 
 RATE = 16_000
 THRESHOLD = 33  # -60 dBFS
@@ -262,7 +262,7 @@ def test_a_restarted_server_is_reconnected_or_the_device_says_lost(tmp_path: Pat
 @pytest.mark.parametrize("spec", ["pulse:a,b,c", "pulse:no_such_sink"])
 def test_a_bad_pulse_device_is_one_line(tmp_path: Path, pulse: PulseServer, spec: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "engine.audio_process", "--control", f"ipc://{tmp_path}/b",
+        [sys.executable, "-m", "callctl.engine.audio_process", "--control", f"ipc://{tmp_path}/b",
          "--rings", f"callctl-b-{uuid.uuid4().hex[:6]}", "--device", spec],
         env=pulse.child_env(), capture_output=True, text=True, timeout=20,
         cwd=Path(__file__).resolve().parents[2])

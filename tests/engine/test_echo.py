@@ -26,12 +26,12 @@ from bench.echo import (
     projection_energy,
     scenario,
 )
-from engine.agent_server.voice import Voice
-from engine.audio_client import AudioProcess
-from engine.devices.virtual import EchoPath
-from engine.echo import FRAME, EchoCanceller, EchoThread, InlineEcho
-from engine.ring import AudioRing
-from engine.wavfile import read_wav
+from callctl.engine.agent_server.voice import Voice
+from callctl.engine.audio_client import AudioProcess
+from callctl.engine.devices.virtual import EchoPath
+from callctl.engine.echo import FRAME, EchoCanceller, EchoThread, InlineEcho
+from callctl.engine.ring import AudioRing
+from callctl.engine.wavfile import read_wav
 
 RATE = 16_000
 

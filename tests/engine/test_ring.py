@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.ring import AudioRing, next_power_of_two
+from callctl.engine.ring import AudioRing, next_power_of_two
 
 op = st.one_of(
     st.tuples(st.just("write"), st.integers(0, 70)),

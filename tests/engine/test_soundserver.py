@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from engine.soundserver import (
+from callctl.engine.soundserver import (
     PlaybackObserver,
     PulseServer,
     PulseServerError,

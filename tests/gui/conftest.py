@@ -37,7 +37,7 @@ def private_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def app(qapp: Any) -> Any:
-    from gui.app import prepare_application
+    from callctl.gui.app import prepare_application
 
     prepare_application(qapp)
     return qapp
@@ -47,7 +47,7 @@ def app(qapp: Any) -> Any:
 def window(app: Any, qtbot: Any, tmp_path: Path,
            caller_speech: np.ndarray) -> Iterator[Callable[..., Any]]:
     """Factory ``window(*extra, speech_at=[...], virtual=True) -> Gui`` (``gui.app.Gui``)."""
-    from gui.app import build
+    from callctl.gui.app import build
 
     built: list[Any] = []
 

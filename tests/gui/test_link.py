@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gui.link import ControllerLink
+from callctl.gui.link import ControllerLink
 
 
 def _n(reply: dict[str, Any]) -> int:

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from PyQt6.QtCore import Qt
 
-from controller.postcall import MIN_SPEECH_ENV
-from gui import link as gui_link
-from gui import session as gui_session
-from gui.app import build
+from callctl.controller.postcall import MIN_SPEECH_ENV
+from callctl.gui import link as gui_link
+from callctl.gui import session as gui_session
+from callctl.gui.app import build
 
 
 def clone_env(tmp_path: Path) -> dict[str, str]:

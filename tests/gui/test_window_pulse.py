@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PyQt6.QtCore import Qt
 
-from engine.soundserver import PlaybackObserver, PulseServer
+from callctl.engine.soundserver import PlaybackObserver, PulseServer
 from tests.gui.test_window_calls import wait_ready
 
 

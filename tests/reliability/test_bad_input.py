@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-
-def callctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "controller.cli", *args], capture_output=True,
-                          text=True, timeout=30, stdin=subprocess.DEVNULL, env=env)
+from testing.cli import callctl
 
 
 def wav_header(bits: int, channels: int = 1, rate: int = 16000, fmt: int = 1) -> bytes:

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from engine.audio_client import ControlClient
-from engine.soundserver import PulseServer
+from callctl.engine.audio_client import ControlClient
+from callctl.engine.soundserver import PulseServer
 
 
 def assert_valid_recording(path: str | Path, at_least_s: float = 1.0) -> None:
@@ -127,7 +127,7 @@ def test_sound_server_killed_mid_call_ends_the_call(tmp_path: Path) -> None:
     with PulseServer() as pulse:
         endpoint = f"ipc://{tmp_path}/control"
         serve = subprocess.Popen(
-            [sys.executable, "-m", "controller.cli", "serve", "--endpoint", endpoint,
+            [sys.executable, "-m", "callctl.controller.cli", "serve", "--endpoint", endpoint,
              "--device", "pulse", "--record-dir", str(tmp_path / "calls")],
             env=pulse.child_env(), stdout=subprocess.DEVNULL,
             stderr=open(tmp_path / "serve.log", "w"))  # noqa: SIM115

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import zmq
 
-from engine import protocol
-from engine.agent_client import AgentProcess
-from engine.audio_client import AudioProcess, ControlClient
+from callctl.engine import protocol
+from callctl.engine.agent_client import AgentProcess
+from callctl.engine.audio_client import AudioProcess, ControlClient
 
 CASES = int(os.environ.get("CALLCTL_FUZZ_EXAMPLES", "1000"))
 

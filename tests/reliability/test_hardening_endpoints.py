@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import zmq
 
-from controller import endpoints
-from controller.endpoints import EndpointError
+from callctl.controller import endpoints
+from callctl.controller.endpoints import EndpointError
 
 
 def free_port() -> int:

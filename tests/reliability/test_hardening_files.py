@@ -18,8 +18,6 @@ import os
 import select
 import stat
 import struct
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,16 +26,11 @@ import numpy as np
 import pytest
 import zmq
 
-from controller.curve import ClientKeys, CurveError, ServerKeys, generate
+from callctl.controller.curve import ClientKeys, CurveError, ServerKeys, generate
+from testing.cli import callctl
 
 ROOT = Path(__file__).resolve().parents[2]
 IN_ATTRIB, IN_CREATE = 0x00000004, 0x00000100
-
-
-def callctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "controller.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
 class Inotify:
@@ -159,9 +152,9 @@ def events(tmp_path: Path) -> Iterator[tuple[str, zmq.Socket]]:
 
 def test_a_call_folder_and_its_files_are_private(
         tmp_path: Path, events: tuple[str, zmq.Socket]) -> None:
-    from controller.call import Call
-    from controller.postcall import CALLER, RECORDING, SUMMARY, TRANSCRIPT, PostcallRunner
-    from engine.wavfile import GrowingWav
+    from callctl.controller.call import Call
+    from callctl.controller.postcall import CALLER, RECORDING, SUMMARY, TRANSCRIPT, PostcallRunner
+    from callctl.engine.wavfile import GrowingWav
 
     endpoint, pull = events
     old = os.umask(0o022)  # the usual umask: files 0644 and folders 0755 unless asked
@@ -170,7 +163,7 @@ def test_a_call_folder_and_its_files_are_private(
         call = Call("20260101-000000-abcd", "local", None, record_dir / "20260101-000000-abcd")
         call.record_dir.parent.mkdir()
         # The controller makes the folder (controller.py), the audio process the recording.
-        from controller.postcall import make_call_folder
+        from callctl.controller.postcall import make_call_folder
         make_call_folder(call.record_dir)
         wav = GrowingWav(call.recording, 16000, channels=2)
         wav.append(np.zeros(2 * 16000, np.int16))
@@ -208,7 +201,7 @@ def test_a_call_folder_and_its_files_are_private(
 
 
 def test_make_call_folder_tightens_an_existing_folder_and_the_record_dir(tmp_path: Path) -> None:
-    from controller.postcall import make_call_folder
+    from callctl.controller.postcall import make_call_folder
 
     record_dir = tmp_path / "calls"
     folder = record_dir / "x"
@@ -248,7 +241,7 @@ def test_calls_and_calls_show_escape_control_characters(tmp_path: Path) -> None:
 
 
 def test_printable_escapes_only_what_a_terminal_would_act_on() -> None:
-    from controller.calls import printable
+    from callctl.controller.calls import printable
 
     assert printable("Zoë said: “hello” 👋\ttab") == "Zoë said: “hello” 👋\\ttab"
     assert printable("a\x1b[31mb\nc\x00\u2066d\u200f") == "a\\x1b[31mb\\nc\\x00\\u2066d\\u200f"

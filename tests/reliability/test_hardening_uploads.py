@@ -1,6 +1,6 @@
 """Issue 14, item 10: ``POST /v1/voices/add`` keeps the agent server's memory bounded.
 
-A real ``python -m engine.agent_server`` process; ``UPLOADS`` parallel uploads
+A real ``python -m callctl.engine.agent_server`` process; ``UPLOADS`` parallel uploads
 of a 60 MB WAV (the ElevenLabs SDK's multipart form, sent with httpx) while
 its resident memory is read from ``/proc/PID/status`` every 10 ms; the
 kernel's high-water mark (``VmHWM``) gives the peak. A server crossing
@@ -22,9 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
-from engine.agent_server import http as agent_http
-from engine.agent_server import protocol as p
-from engine.agent_server.voices import VOICES_ADD_PATH
+from callctl.engine.agent_server import http as agent_http
+from callctl.engine.agent_server import protocol as p
+from callctl.engine.agent_server.voices import VOICES_ADD_PATH
 from tests.engine.test_agent_server import ServerProcess, wait_until
 from tests.engine.test_agent_server import script_path as script_path  # noqa: F401 (fixture)
 

@@ -38,7 +38,7 @@ def read_in_capped_child(path: Path, function: str) -> dict[str, object]:
     code = f"""
 import json, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, ({MEMORY_CAP}, {MEMORY_CAP}))
-from engine import wavfile
+from callctl.engine import wavfile
 try:
     out = wavfile.{function}(sys.argv[1])
     frames = out[0] if isinstance(out, tuple) else out
@@ -90,7 +90,7 @@ def test_a_zero_or_absurd_channel_count_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("rate", [8000, 16000, 44100, 192000])
 def test_honest_wavs_still_read_at_every_accepted_rate(tmp_path: Path, rate: int) -> None:
-    from engine.wavfile import GrowingWav, read_mono_16k, read_wav
+    from callctl.engine.wavfile import GrowingWav, read_mono_16k, read_wav
 
     path = tmp_path / "ok.wav"
     writer = GrowingWav(path, rate, channels=2)
@@ -112,7 +112,7 @@ def test_the_cli_refuses_a_malicious_microphone_in_one_line(tmp_path: Path) -> N
         path = tmp_path / name
         path.write_bytes(content)
         out = subprocess.run(
-            [sys.executable, "-m", "controller.cli", "call", "--endpoint", f"ipc://{tmp_path}/c",
+            [sys.executable, "-m", "callctl.controller.cli", "call", "--endpoint", f"ipc://{tmp_path}/c",
              "--device", "virtual", "--mic", str(path)], capture_output=True, text=True,
             timeout=60, stdin=subprocess.DEVNULL, cwd=ROOT,
             env=dict(os.environ, PYTHONPATH=str(ROOT)))

@@ -14,22 +14,17 @@ from typing import Any
 
 import zmq
 
-from controller.curve import ClientKeys, generate
-from engine.audio_client import ControlClient
+from callctl.controller.curve import ClientKeys, generate
+from callctl.engine.audio_client import ControlClient
+from testing.cli import callctl
 
 SENTINEL = "sk_sentinel_4d3c2b1a0f9e8d7c6b5a"
-
-
-def callctl(*args: str, env: dict[str, str] | None = None, timeout: float = 30
-            ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "controller.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=env)
 
 
 def test_default_ipc_endpoint_is_private(tmp_path: Path) -> None:
     env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path / "run"))
     (tmp_path / "run").mkdir(mode=0o755)
-    proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "serve", "--device",
+    proc = subprocess.Popen([sys.executable, "-m", "callctl.controller.cli", "serve", "--device",
                              "virtual", "--record-dir", str(tmp_path / "calls")],
                             env=env, stdout=subprocess.PIPE, text=True)
     try:
@@ -67,7 +62,7 @@ def test_tcp_beyond_loopback_needs_curve_and_only_authorised_clients_get_in(
     generate(intruder)  # a well-formed key pair the server never authorised
     (intruder / "server.key").write_bytes((keys / "server.key").read_bytes())
     proc = subprocess.Popen(
-        [sys.executable, "-m", "controller.cli", "serve", "--endpoint",
+        [sys.executable, "-m", "callctl.controller.cli", "serve", "--endpoint",
          f"tcp://0.0.0.0:{port}", "--curve-dir", str(keys), "--device", "virtual",
          "--record-dir", str(tmp_path / "calls")],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

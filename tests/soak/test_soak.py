@@ -47,6 +47,12 @@ def test_a_thousand_short_calls_leak_no_process_fd_or_segment(serve: Any) -> Non
             print(f"{n} calls: rss {rss_kb(pid)} kB, fds {fds(pid)}, "
                   f"children {len(served.children())}", flush=True)
     time.sleep(1.0)
+    final = {"rss": rss_kb(pid), "fds": fds(pid), "children": len(served.children()),
+             "segments": segments()}
+    print(f"after call {min(50, CALLS)} → after call {CALLS}: controller RSS "
+          f"{baseline['rss'] / 1024:.1f} → {final['rss'] / 1024:.1f} MB, fds {baseline['fds']} → "
+          f"{final['fds']}, children {baseline['children']} → {final['children']}, /dev/shm "
+          f"segments {len(baseline['segments'])} → {len(final['segments'])}", flush=True)
     assert fds(pid) <= baseline["fds"] + 2, "file descriptors leak"
     assert len(served.children()) <= baseline["children"], "processes leak"
     assert segments() <= baseline["segments"], "shared memory leaks"

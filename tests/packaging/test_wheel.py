@@ -1,0 +1,26 @@
+"""What ``pip install .`` puts in site-packages: the ``callctl`` namespace, nothing else."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_wheel_installs_callctl_alone(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(ROOT),
+                           "-w", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (wheel,) = tmp_path.glob("callctl-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"callctl", wheel.name.split("-py")[0]
+                                                + ".dist-info"}
+    for package in ("engine", "controller", "gui"):
+        assert f"callctl/{package}/__init__.py" in names, package
+    assert "callctl/engine/agent_server/default_script.toml" in names, "package data"
+    entry_points = zipfile.ZipFile(wheel).read(
+        next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "callctl = callctl." in entry_points, entry_points
