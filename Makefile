@@ -48,7 +48,7 @@ test: setup lint
 # The long runs: 1,000 consecutive calls, and the fuzzes at 10,000 cases each.
 soak: setup
 	CALLCTL_FUZZ_EXAMPLES=10000 $(BIN)/pytest -q -s -p no:cacheprovider -m soak tests/soak
-	CALLCTL_FUZZ_EXAMPLES=10000 $(BIN)/pytest -q -p no:cacheprovider tests/reliability/test_fuzz.py
+	CALLCTL_FUZZ_EXAMPLES=10000 $(BIN)/pytest -q -p no:cacheprovider tests/reliability/test_fuzz.py tests/reliability/test_fuzz_sockets.py
 
 # The README's picture of the window mid-call (under its own Xvfb).
 screenshot: setup

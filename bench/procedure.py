@@ -33,11 +33,18 @@ QUIET_S = 0.5
 """Silence heard before each call starts, seconds."""
 SPEECH_WAIT_S = 1.0
 """How long past its offset a hangup may wait for the agent to be heard speaking, seconds."""
-MAX_REDOS = 3
+MAX_REDOS = 5
 """Tries per offset before the offset is given up (and reported as such)."""
 REDO_SHIFT_S = 0.13
-"""A redone event moves this much later each try: the greeting is the same every call,
-so the same moment would fall into the same pause again."""
+"""A redone event moves by this much each try, later then earlier, further each time
+(+0.13, −0.13, +0.26, −0.26 s): the greeting is the same every call, so the same moment
+would fall into the same pause again."""
+
+
+def redo_shift(attempt: int) -> float:
+    """Seconds the ``attempt``-th try (0 first) of an offset moves from it."""
+    step = (attempt + 1) // 2
+    return REDO_SHIFT_S * step * (1 if attempt % 2 else -1)
 
 
 def offsets(n: int, lo: float, hi: float) -> list[float]:
@@ -125,7 +132,7 @@ def hangups(system: System, moments: list[float], out: Results) -> None:
             _quiet(system, rec)
             asked = system.start_call()
             first = _first_sound(system, asked)
-            _wait_speaking(system, rec, first + offset + attempt * REDO_SHIFT_S)
+            _wait_speaking(system, rec, first + offset + redo_shift(attempt))
             stamps = _hang_up(system, out)
             end = ending(rec, stamps.sent)
             if not end.speaking:
@@ -155,7 +162,7 @@ def bargeins(system: System, moments: list[float], out: Results) -> None:
             _quiet(system, rec)
             asked = system.start_call()
             first = _first_sound(system, asked)
-            t_int = system.interrupt(first + offset + attempt * REDO_SHIFT_S)
+            t_int = system.interrupt(first + offset + redo_shift(attempt))
             end = ending(rec, t_int)
             _hang_up(system, out)
             if not end.speaking:

@@ -231,8 +231,13 @@ def markdown(summary: dict[str, Any], plot_names: list[str]) -> str:
         f"{summary['hangup_window'][0]}–{summary['hangup_window'][1]} s of the greeting; at "
         "each offset the driver waits (at most 1 s) until the observer hears speech. callctl "
         "hangs up with the `hangup` request, the SDK with `end_session()`, Pipecat with "
-        "`PipelineTask.cancel()`. An event whose 10 ms before it peak below −40 dBFS fell "
-        "into a pause: it is redone, never counted.",
+        f"`PipelineTask.cancel()`. An event whose 10 ms before it peak below "
+        f"{summary.get('speech_dbfs', -40.0):g} dBFS fell into a pause: it is redone, never "
+        "counted, at most "
+        f"{summary['max_redos']} tries per offset, each moved by "
+        f"{summary.get('redo_shift_s', 0.13):g} s more, later then earlier. (The click "
+        "figure needs that level: the last millisecond before silence is above −60 dBFS by "
+        "definition, so with a reference under −40 dBFS no fade could show −20 dB.)",
         "* **Voice gone** is the last sample above −60 dBFS before the first gap of at least "
         "0.4 s after the hangup, found in the recording (`testing/measure.py`); nothing after "
         "that gap can extend it. **Click**: the peak of the last 1 ms before that silence over "

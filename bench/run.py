@@ -26,6 +26,7 @@ from bench import procedure
 from bench.harness import summarise
 from bench.report import markdown, plots, update_readme
 from bench.systems import System
+from testing.measure import SPEECH_DBFS
 
 RESULTS = Path(__file__).parent / "results"
 STALL_BOUND_S = 15.0
@@ -165,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": quick, "hangups": n_hang, "bargeins": n_barge,
         "hangup_window": HANGUP_WINDOW, "bargein_window": BARGEIN_WINDOW,
         "cpu_seconds": cpu_s, "max_redos": procedure.MAX_REDOS,
+        "redo_shift_s": procedure.REDO_SHIFT_S, "speech_dbfs": SPEECH_DBFS,
         "systems": systems,
         "frozen": {"bound_s": STALL_BOUND_S, "calls": n_stall,
                    "callctl": summarise([v for v in frozen.get("callctl", []) if v is not None]),

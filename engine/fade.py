@@ -13,7 +13,8 @@ TAIL_SECONDS = 0.0015
 """Length of that tail, seconds (24 frames at 16 kHz)."""
 
 
-def fade_curve(frames: int, tail_frames: int = round(TAIL_SECONDS * SAMPLE_RATE)) -> np.ndarray:
+def fade_curve(frames: int, tail_frames: int = round(TAIL_SECONDS * SAMPLE_RATE),
+               tail_db: float = TAIL_DB) -> np.ndarray:
     """The hangup fade's gains, from just below 1 down to exactly 0 (float32, ``frames`` long).
 
     Two raised-cosine stages: the body falls to ``TAIL_DB`` (−30 dB) in
@@ -25,16 +26,56 @@ def fade_curve(frames: int, tail_frames: int = round(TAIL_SECONDS * SAMPLE_RATE)
     −30 dB, which is why a 5 ms one sits right at the −20 dB click bound.)
     Fades shorter than two tails are a single raised cosine. The last gain is
     0.0, so the faded signal meets the silence after it with no step.
+    ``tail_db`` (≤ 0) moves the tail's start lower, for a fade over audio
+    louder than what played just before it (see ``tail_db_for``).
     """
     if frames <= 0:
         return np.zeros(0, np.float32)
     if frames < 2 * tail_frames or tail_frames <= 0:
         i = np.arange(1, frames + 1, dtype=np.float64)
         return (0.5 * (1.0 + np.cos(np.pi * i / frames))).astype(np.float32)
-    floor = 10.0 ** (TAIL_DB / 20.0)
+    floor = 10.0 ** (min(0.0, tail_db) / 20.0)
     body = frames - tail_frames
     i = np.arange(1, body + 1, dtype=np.float64)
     first = floor + (1.0 - floor) * 0.5 * (1.0 + np.cos(np.pi * i / body))
     j = np.arange(1, tail_frames + 1, dtype=np.float64)
     second = floor * 0.5 * (1.0 + np.cos(np.pi * j / tail_frames))
     return np.concatenate([first, second]).astype(np.float32)
+
+
+QUIET = 33
+"""Sample magnitude below which the output counts as silent: -60 dBFS."""
+HEARD_MARGIN_DB = -22.0
+"""How far under the peak heard before the hangup the tail starts when the voice grows
+into the fade (dB): the -20 dB click bound, and 2 dB to spare."""
+TAIL_AUDIBLE_SECONDS = 0.0011
+"""The tail lasts at least this long above ``QUIET``: the last audible millisecond is
+all tail (1 ms, and 0.1 ms to spare)."""
+
+
+def tail_for(before_peak: float, fade_peak: float, frames: int) -> tuple[int, float]:
+    """The tail (its length in frames, its start in dB re the faded signal) of a
+    ``frames``-long fade over samples peaking at ``fade_peak``, after a listener heard
+    ``before_peak`` (sample units) in the 10 ms before the hangup.
+
+    Speech can grow by 20 dB within the few milliseconds between a hangup and the
+    start of a fade at the device (a vowel after a consonant). With the usual tail,
+    30 dB under the faded samples, the last audible millisecond would then be only
+    10 dB under what was heard: a tick. So the tail starts ``HEARD_MARGIN_DB`` under
+    ``before_peak`` instead, and is made long enough to stay above ``QUIET`` for
+    ``TAIL_AUDIBLE_SECONDS`` (the steeper part is the body's, which ends first). Not
+    below 1.5 × ``QUIET``: a tail that starts in the silence has nothing to do. The
+    fade's length, and so the moment of silence, does not change. Returns the usual
+    ``(TAIL_SECONDS in frames, TAIL_DB)`` when the voice does not grow.
+    """
+    usual = round(TAIL_SECONDS * SAMPLE_RATE)
+    if fade_peak * 10.0 ** (TAIL_DB / 20.0) <= before_peak * 10.0 ** (HEARD_MARGIN_DB / 20.0):
+        return usual, TAIL_DB
+    start = max(before_peak * 10.0 ** (HEARD_MARGIN_DB / 20.0), 1.5 * QUIET)
+    if start >= fade_peak * 10.0 ** (TAIL_DB / 20.0):
+        return usual, TAIL_DB
+    # A raised cosine from ``start`` to 0 over n frames is above QUIET for
+    # n * acos(2 QUIET / start - 1) / pi frames.
+    audible = TAIL_AUDIBLE_SECONDS * SAMPLE_RATE
+    needed = int(np.ceil(audible * np.pi / np.arccos(2.0 * QUIET / start - 1.0)))
+    return min(max(usual, needed), frames // 2), float(20.0 * np.log10(start / fade_peak))

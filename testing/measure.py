@@ -30,8 +30,11 @@ import numpy.typing as npt
 FULL_SCALE = 32768.0
 SOUND_DBFS = -60.0
 """Above this a sample is sound."""
-SPEECH_DBFS = -40.0
-"""The 10 ms before a hangup must peak at least this loud: the agent was speaking."""
+SPEECH_DBFS = -30.0
+"""The 10 ms before a hangup must peak at least this loud: the agent was speaking. Also
+the click figure's floor: its reference must stand 30 dB above the silence threshold
+(``SOUND_DBFS``), or the last millisecond before silence, which is above that threshold by
+definition, could not be 20 dB under it, fade or no fade."""
 GAP_S = 0.4
 """A gap this long with no sound is silence."""
 BEFORE_S = 0.010

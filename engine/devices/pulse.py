@@ -73,7 +73,7 @@ import numpy as np
 
 from callctl.engine.bridge import DEVICE_GAP, PeriodHandler
 from callctl.engine.devices import DeviceError
-from callctl.engine.fade import fade_curve
+from callctl.engine.fade import fade_curve, tail_for
 from callctl.engine.ring import SAMPLE_RATE
 
 PA_SAMPLE_S16LE = 3
@@ -438,8 +438,6 @@ class PulseDevice:
         self._history = np.zeros(HISTORY_FRAMES, np.int16)
         self._written = 0  # frames written to the playback stream since it was opened
         self._fade_buf = np.zeros(HISTORY_FRAMES, np.int16)
-        self._fade_gains = {self.fade_frames: fade_curve(self.fade_frames).astype(np.float64)}
-        """Fade curves by length (``engine.fade``; each ends at exact 0.0)."""
         self._peek_data = ctypes.c_void_p()
         self._peek_len = ctypes.c_size_t()
         self._peek_args = (ctypes.byref(self._peek_data), ctypes.byref(self._peek_len))
@@ -1128,11 +1126,17 @@ class PulseDevice:
         buf = self._fade_buf[:total]
         idx = (start + np.arange(hold + n)) % HISTORY_FRAMES
         buf[: hold + n] = self._history[idx]
+        # What the listener heard in the 10 ms before the request: the samples the sink
+        # played just before what it holds now. When the faded samples are louder, the
+        # tail is set by that (``tail_for``).
+        sink_frames = round(t.sink_s * rate)
+        heard = (start - sink_frames - rate // 100 + np.arange(rate // 100)) % HISTORY_FRAMES
+        before_peak = float(np.abs(self._history[heard].astype(np.int32)).max())
+        fade_peak = float(np.abs(buf[hold : hold + n].astype(np.int32)).max(initial=0))
+        tail_frames, tail_db = tail_for(before_peak, fade_peak, n)
         # A shorter fade (the server held less) is a whole curve of its own, not the
         # tail of the long one: that would start below 1, a step in the waveform.
-        gains = self._fade_gains.get(n)
-        if gains is None:
-            gains = self._fade_gains[n] = fade_curve(n).astype(np.float64)
+        gains = fade_curve(n, tail_frames, tail_db).astype(np.float64)
         buf[hold : hold + n] = np.rint(buf[hold : hold + n] * gains).astype(np.int16)
         buf[hold + n :] = 0
         if total:
@@ -1142,6 +1146,7 @@ class PulseDevice:
         self.cut_at = t.at + t.sink_s + (hold + n) / rate
         self.fade_info = {"sink_ms": round(t.sink_s * 1000, 2), "queued_frames": queued,
                           "hold_frames": hold, "fade_frames": n, "written_frames": total,
+                          "tail_frames": tail_frames, "tail_db": round(tail_db, 1),
                           "rtt_ms": round(t.rtt * 1000, 2)}
         return self.cut_at
 

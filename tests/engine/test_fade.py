@@ -1,0 +1,62 @@
+"""The hangup fade's shape (``engine.fade``): smooth, ending at exact zero, and a tail low
+enough under what was heard before the hangup even when the voice grows into the fade."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from callctl.engine.fade import QUIET, TAIL_DB, TAIL_SECONDS, fade_curve, tail_for
+
+RATE = 16_000
+
+
+def test_the_curve_falls_smoothly_to_exact_zero() -> None:
+    for frames in (8, 48, 96, 160):
+        gains = fade_curve(frames).astype(np.float64)
+        assert len(gains) == frames and gains[-1] == 0.0
+        assert 0.9 < gains[0] < 1.0, "starts just below 1: no step"
+        assert np.all(np.diff(gains) <= 1e-7), "never rises"
+
+
+def test_a_lower_tail_starts_where_it_is_asked_and_keeps_the_length() -> None:
+    tail = round(0.0015 * RATE)
+    for tail_db in (TAIL_DB, -45.0, -60.0):
+        gains = fade_curve(96, tail_db=tail_db).astype(np.float64)
+        assert len(gains) == 96 and gains[-1] == 0.0
+        start = gains[96 - tail - 1]  # the last gain of the body: the tail's start
+        assert abs(20 * np.log10(start) - tail_db) < 0.5, (tail_db, start)
+
+
+def test_the_usual_tail_unless_the_voice_grows_into_the_fade() -> None:
+    usual = (round(TAIL_SECONDS * RATE), TAIL_DB)
+    assert tail_for(3000.0, 2000.0, 96) == usual
+    assert tail_for(3000.0, 7000.0, 96) == usual  # 7 dB up: the usual tail is 23 dB under
+    frames, tail_db = tail_for(1000.0, 20_000.0, 96)
+    assert tail_db < TAIL_DB and usual[0] < frames <= 48
+    # The tail starts 22 dB under what was heard.
+    assert abs(20_000 * 10 ** (tail_db / 20) - 1000 * 10 ** (-22 / 20)) < 1e-6
+    assert tail_for(0.0, 100.0, 96) == usual
+
+
+def click_db(before: np.ndarray, faded: np.ndarray) -> float:
+    """The bench's click figure on a synthetic ending: the peak of the last 1 ms above
+    -60 dBFS over the peak of what played before, dB."""
+    loud = np.nonzero(np.abs(faded) > QUIET)[0]
+    end = loud[-1] + 1
+    tail = np.abs(faded[max(0, end - RATE // 1000) : end]).max()
+    return float(20 * np.log10(tail / np.abs(before).max()))
+
+
+@pytest.mark.parametrize("heard", [1000, 3000, 10_000])
+def test_a_voice_that_grows_into_the_fade_ends_20_db_under_what_was_heard(heard: int) -> None:
+    t = np.arange(RATE // 10) / RATE
+    tone = np.sin(2 * np.pi * 220 * t)
+    before = np.round(heard * tone[:160])  # -30, -20, -10 dBFS: a consonant
+    during = np.round(30_000 * tone[160:256])  # the vowel after it, 10-30 dB up
+    plain = during * fade_curve(96).astype(np.float64)
+    tail = tail_for(float(np.abs(before).max()), float(np.abs(during).max()), 96)
+    adapted = during * fade_curve(96, *tail).astype(np.float64)
+    if heard <= 3000:  # 20 dB or more of growth
+        assert click_db(before, plain) > -20, "the usual tail is not enough: the test can fail"
+    assert click_db(before, adapted) <= -20, click_db(before, adapted)
