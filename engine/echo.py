@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 
 from callctl.engine.ring import SAMPLE_RATE, AudioRing
+from callctl.engine.threads import name_os_thread
 
 FRAME = SAMPLE_RATE // 100
 """Samples in one APM frame: exactly 10 ms at 16 kHz."""
@@ -375,6 +376,7 @@ class EchoThread(_EchoStage):
     # -- canceller thread -------------------------------------------------------------
 
     def _run(self) -> None:
+        name_os_thread()
         pairs = np.zeros(2 * FRAME, np.int16)
         ring = self._ring
         last_frame = time.monotonic()

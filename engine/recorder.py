@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from callctl.engine.ring import SAMPLE_RATE, AudioRing, next_power_of_two
+from callctl.engine.threads import name_os_thread
 from callctl.engine.wavfile import GrowingWav
 
 
@@ -69,6 +70,7 @@ class CallRecorder:
             self._dropped += 1  # the disk fell behind by seconds; the call goes on
 
     def _drain_loop(self) -> None:
+        name_os_thread()
         chunk = np.zeros(self._ring.capacity, np.int16)
         while True:
             stopping = self._stop.wait(self.flush_interval)

@@ -75,6 +75,7 @@ from callctl.engine.bridge import DEVICE_GAP, PeriodHandler
 from callctl.engine.devices import DeviceError
 from callctl.engine.fade import fade_curve, tail_for
 from callctl.engine.ring import SAMPLE_RATE
+from callctl.engine.threads import name_os_thread
 
 PA_SAMPLE_S16LE = 3
 PA_ERR_TIMEOUT = 8
@@ -844,6 +845,7 @@ class PulseDevice:
     # -- audio thread -----------------------------------------------------------
 
     def _run(self) -> None:
+        name_os_thread()
         self._realtime()
         try:
             self.output_latency, self.input_latency = self._calibrate()

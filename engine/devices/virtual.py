@@ -25,6 +25,7 @@ import numpy as np
 
 from callctl.engine.bridge import PeriodHandler
 from callctl.engine.ring import SAMPLE_RATE
+from callctl.engine.threads import name_os_thread
 from callctl.engine.wavfile import GrowingWav, read_mono_16k
 
 ECHO_FILTER_TAPS = 63
@@ -199,6 +200,7 @@ class VirtualDevice:
         return chunk
 
     def _clock(self) -> None:
+        name_os_thread()
         period = self.period_frames
         out = np.zeros(period, np.int16)
         pending: list[np.ndarray] = []
