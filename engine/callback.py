@@ -85,7 +85,6 @@ class DuplexCallback:
         """Periods the device stood for lost time (``DEVICE_GAP``): silence both ways."""
         self.peak_in = 0
         self.peak_out = 0
-        self.last_sound_out_at: float | None = None
 
     # -- control thread ---------------------------------------------------------
 
@@ -107,7 +106,6 @@ class DuplexCallback:
         self._fade_pos = 0
         self.silent = False
         self.first_silent_at = None
-        self.last_sound_out_at = None
         self._flush_seen = self._flush_requests
 
     # -- audio thread -----------------------------------------------------------
@@ -153,8 +151,6 @@ class DuplexCallback:
             recorder.feed(mic, out)
         self.peak_in = max(int(mic.max(initial=0)), -int(mic.min(initial=0)))
         self.peak_out = max(int(out.max(initial=0)), -int(out.min(initial=0)))
-        if self.peak_out > 33:  # above -60 dBFS
-            self.last_sound_out_at = time.monotonic()
 
     def _fade_out(self, out: np.ndarray) -> bool:
         """A hangup period: the next frames of the fade over what the ring holds, then zeros.
