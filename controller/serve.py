@@ -18,6 +18,7 @@ import zmq
 
 from callctl.controller import endpoints
 from callctl.controller.controller import Controller
+from callctl.controller.endpoint_lock import EXIT_ENDPOINT_TAKEN, EndpointTaken
 from callctl.controller.options import add_controller_options, controller_config
 
 
@@ -33,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         if warning:
             print(warning, file=sys.stderr, flush=True)
         controller = Controller(config)
+    except EndpointTaken as exc:
+        print(f"callctl serve: {exc}", file=sys.stderr)
+        return EXIT_ENDPOINT_TAKEN
     except (endpoints.EndpointError, ValueError, RuntimeError, OSError, zmq.ZMQError) as exc:
         # zmq.ZMQError: the endpoint is taken ("Address already in use") or unusable.
         print(f"callctl serve: cannot serve {args.endpoint or 'the default endpoint'}: {exc}"
