@@ -19,10 +19,6 @@ import fcntl
 import os
 from pathlib import Path
 
-EXIT_ENDPOINT_TAKEN = 3
-"""``callctl serve``'s exit status when another controller holds the endpoint, so that
-whoever spawned it (the window) knows why without reading its stderr."""
-
 
 class EndpointTaken(RuntimeError):
     """Another controller holds the endpoint's lock. ``str()`` is one line."""

@@ -56,6 +56,9 @@ ERROR_CODES = (BAD_REQUEST, UNKNOWN_COMMAND, BUSY, NO_CALL, NO_CLONE, SHUTTING_D
                AUDIO, AGENT_UNREACHABLE, AGENT_AUTH, AGENT_FAILED, AGENT_SERVER, STORAGE,
                ENDPOINT_TAKEN, INTERNAL, NOT_CONNECTED, NOT_RESPONDING, BAD_REPLY)
 """Every ``code`` an error reply (or an ``error``/failed ``state`` event) can carry."""
+SERVE_EXIT_STATUS = {ENDPOINT_TAKEN: 3, AUDIO: 4}
+"""``callctl serve``'s exit status when it cannot serve for one of these reasons, so
+whoever spawned it (the window) knows why by code, without reading its stderr."""
 
 
 class ProtocolError(ValueError):

@@ -32,7 +32,6 @@ from typing import Any
 from PyQt6.QtCore import QObject, QTimer, pyqtSignal
 
 from callctl.controller import endpoints
-from callctl.controller.endpoint_lock import EXIT_ENDPOINT_TAKEN
 from callctl.engine import protocol
 from callctl.gui.controller_process import ServeConfig, ServeProcess
 from callctl.gui.link import ControllerLink, ReplyHandler
@@ -184,7 +183,8 @@ class Session(QObject):
             how = f"was killed by signal {-code}"
         else:
             how = f"exited with status {code}"
-        self.down_code = protocol.ENDPOINT_TAKEN if code == EXIT_ENDPOINT_TAKEN else None
+        self.down_code = next((why for why, status in protocol.SERVE_EXIT_STATUS.items()
+                               if status == code), None)
         self._set_call_state("idle", None)
         self._set_phase("down", f"The controller {how}.\n{stderr}".strip())
 

@@ -164,6 +164,19 @@ def test_cmd_call_a_second_call_gets_a_clear_busy_error(serve: Any) -> None:
     assert served.request({"cmd": "status"})["state"] == "in_call"
 
 
+def test_cmd_call_that_fails_says_why_by_code_in_status_state_and_call_ended(
+        serve: Any) -> None:
+    served = serve("--base-url", "http://127.0.0.1:9")  # nothing listens on the discard port
+    assert served.request({"cmd": "call", "agent": "agent_that_nobody_answers"})["ok"]
+    status = served.wait_state("failed", timeout=20)
+    assert status["reason_code"] == protocol.AGENT_UNREACHABLE, status
+    served.collect(1.0)
+    failed = [e for e in served.named(protocol.EVENT_STATE) if e["state"] == "failed"]
+    assert failed and failed[-1]["reason_code"] == protocol.AGENT_UNREACHABLE
+    assert served.named(protocol.EVENT_CALL_ENDED)[-1]["reason_code"] == \
+        protocol.AGENT_UNREACHABLE
+
+
 def test_audio_process_killed_mid_call_fails_the_call_and_a_fresh_one_serves_the_next(
         serve: Any) -> None:
     served = serve(speech_at=[30.0])
