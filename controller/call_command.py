@@ -141,21 +141,21 @@ class Frontend(threading.Thread):
             topic, body = sub.recv_multipart()
             event = json.loads(body)
             name = topic.decode()
-            if name == "state":
+            if name == protocol.EVENT_STATE:
                 self._state = event["state"]
                 if self._state == "failed":
                     self._say(f"call failed: {event.get('reason')}")
                 elif not self.tty:
                     self._say(f"state: {self._state}")
-            elif name == "levels":
+            elif name == protocol.EVENT_LEVELS:
                 self._levels = (event.get("in_dbfs"), event.get("out_dbfs"))
-            elif name == "transcript":
+            elif name == protocol.EVENT_TRANSCRIPT:
                 self._last_line = printable(f"{event['role']}: {event['text']}")
                 if not self.tty:
                     self._say(self._last_line)
-            elif name == "error":
+            elif name == protocol.EVENT_ERROR:
                 self._say(f"error: {printable(event.get('message'))}")
-            elif name == "call.ended":
+            elif name == protocol.EVENT_CALL_ENDED:
                 self.ended = event
                 self._report(event)
                 failed = bool(event.get("errors")) and event.get("reason") != "hangup"

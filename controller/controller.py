@@ -55,7 +55,7 @@ from callctl.engine.audio_client import (
     unlink_rings,
 )
 from callctl.engine.credentials import load_credentials
-from callctl.engine.serving import RequestSocket
+from callctl.engine.serving import Commands, CommandServer, Reply, Request
 
 STANDBY_READY_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 15.0
@@ -111,8 +111,10 @@ class ControllerConfig:
         return args
 
 
-class Controller:
-    """See module docstring. Construct, then ``run()`` on the thread that owns it."""
+class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
+    """See module docstring. Construct, then ``run()`` on the thread that owns it.
+
+    Its public commands are its ``cmd_*`` methods (``engine.serving.Commands``)."""
 
     def __init__(self, config: ControllerConfig) -> None:
         self.config = config
@@ -148,7 +150,7 @@ class Controller:
         self.keys = ServerKeys.load(config.curve_dir) if config.curve_dir else None
         self.authenticator = self.keys.start_authenticator(self.ctx) if self.keys else None
         self.control = self._bind(zmq.REP, config.endpoint, public=True)
-        self.requests = RequestSocket(self.control, protocol.PUBLIC_COMMANDS)
+        self.requests = CommandServer(self.control, self)
         self.pub = self._bind(zmq.PUB, self.events_endpoint, public=True)
         self.pull = self._bind(zmq.PULL, f"ipc://{self.private}/ev")
         self.has_key = load_credentials(Path(config.config_path) if config.config_path
@@ -160,11 +162,14 @@ class Controller:
         self.call: Call | None = None
         self.state = CallState.IDLE
         self.reason: str | None = None
+        self.reason_code: str | None = None
+        """The ``protocol`` error code of ``reason`` (a failure's), else None."""
         self.last_ended: dict[str, Any] | None = None
         self.calls_started = 0
         self._stopping = False
         self._stop_requested = False
-        self._failed = False
+        self._end_code: str | None = None
+        """The ending call's failure code (``_end_call``), None if it ends as it should."""
         self._next_levels = 0.0
         self._audio_cache: tuple[float, dict[str, Any]] | None = None
         self._logs: dict[str, IO[Any]] = {}
@@ -240,9 +245,10 @@ class Controller:
     def publish(self, topic: str, **fields: Any) -> None:
         self.pub.send_multipart([topic.encode(), protocol.encode({"event": topic, **fields})])
 
-    def _set_state(self, state: CallState, reason: str | None = None) -> None:
-        self.state, self.reason = state, reason
-        self.publish(protocol.EVENT_STATE, state=state.value, reason=reason,
+    def _set_state(self, state: CallState, reason: str | None = None,
+                   code: str | None = None) -> None:
+        self.state, self.reason, self.reason_code = state, reason, code
+        self.publish(protocol.EVENT_STATE, state=state.value, reason=reason, reason_code=code,
                      call_id=self.call.call_id if self.call else None)
 
     # -- the loop ---------------------------------------------------------------
@@ -269,72 +275,56 @@ class Controller:
                 self._spawn_standby()
             while not (self._stopping and self.state not in (CallState.STARTING,
                                                               CallState.ENDING)):
-                self._wait_and_dispatch()
+                self._turn()
                 self._tick()
         finally:
             self.close()
 
-    def _wait_and_dispatch(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.control, zmq.POLLIN)
-        poller.register(self.pull, zmq.POLLIN)
+    def _turn(self) -> None:
+        """One turn of the serving loop: a request answered the moment it arrives (a
+        hangup never waits more than this turn), the agents' events read."""
+        others: list[zmq.Socket | int] = [self.pull]
         for agent in (self.standby, self.agent):
             if agent is not None:
-                poller.register(agent.socket, zmq.POLLIN)
+                others.append(agent.socket)
                 if agent.pidfd is not None:
-                    poller.register(agent.pidfd, zmq.POLLIN)
+                    others.append(agent.pidfd)
         busy = self.state in (CallState.STARTING, CallState.ENDING)
         timeout = 0.005 if busy else 0.05
         if self.call is not None and self.call.kill_at is not None:
             timeout = max(0.0, min(timeout, self.call.kill_at - time.monotonic()))
-        ready = dict(poller.poll(round(timeout * 1000)))
-        if self.control in ready:
-            self._serve_one()
-        if self.pull in ready:
+        if self.pull in self.requests.turn(timeout, others):
             while self.pull.poll(0):
                 self._on_agent_event(self.pull.recv())
 
-    def _serve_one(self) -> None:
-        request = self.requests.receive()
-        if request is None:
-            return
-        try:
-            reply = self.handle(request)
-        except Exception as exc:  # a bug must not take the call down with it
-            reply = protocol.error(f"internal error: {type(exc).__name__}: {exc}")
-        self.requests.reply(reply)
+    def cmd_ping(self, request: Request) -> Reply:
+        return protocol.ok(protocol=protocol.PROTOCOL_VERSION, pid=os.getpid())
 
-    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
-        cmd = request["cmd"]
-        if cmd == "ping":
-            return protocol.ok(protocol=protocol.PROTOCOL_VERSION, pid=os.getpid())
-        if cmd == "status":
-            return self.status()
-        if cmd == "call":
-            return self.start_call(request.get("agent"),
-                                   request.get("clone_voice"))
-        if cmd == "cancel_clone":
-            return self.postcall.cancel(self.call)
-        if cmd == "hangup":
-            return self.hangup()
-        if cmd == "flush":
-            if self.state != CallState.IN_CALL or self.audio is None:
-                return protocol.error("no call in progress to flush")
-            reply = self.audio.request({"cmd": "flush"}, timeout=1.0)
-            return protocol.ok(dropped_frames=reply.get("dropped_frames", 0))
-        if cmd == "devices":
-            return protocol.ok(**self.devices.current())
-        if cmd == "shutdown":
-            self._stopping = True
-            if self.state in (CallState.STARTING, CallState.IN_CALL):
-                self._end_call("controller shutting down")
-            return protocol.ok()
-        return protocol.error(f"{cmd}: not handled")
+    def cmd_cancel_clone(self, request: Request) -> Reply:
+        return self.postcall.cancel(self.call)
 
-    def status(self) -> dict[str, Any]:
+    def cmd_flush(self, request: Request) -> Reply:
+        """Barge-in by hand: the audio process drops the agent's queued audio."""
+        if self.state != CallState.IN_CALL or self.audio is None:
+            return protocol.error(protocol.NO_CALL, "no call in progress to flush")
+        reply = self.audio.request({"cmd": "flush"}, timeout=1.0)
+        return protocol.ok(dropped_frames=reply.get("dropped_frames", 0))
+
+    def cmd_devices(self, request: Request) -> Reply:
+        return protocol.ok(**self.devices.current())
+
+    def cmd_shutdown(self, request: Request) -> Reply:
+        """End any call, then leave ``run``."""
+        self._stopping = True
+        if self.state in (CallState.STARTING, CallState.IN_CALL):
+            self._end_call("controller shutting down")
+        return protocol.ok()
+
+    def cmd_status(self, request: Request) -> Reply:
         audio = self._audio_status(max_age=STATUS_MAX_AGE)
         return protocol.ok(
-            state=self.state.value, reason=self.reason, protocol=protocol.PROTOCOL_VERSION,
+            state=self.state.value, reason=self.reason, reason_code=self.reason_code,
+            protocol=protocol.PROTOCOL_VERSION,
             pid=os.getpid(), endpoint=self.config.endpoint, events=self.events_endpoint,
             call=self.call.summary() if self.call else None, last_call=self.last_ended,
             audio=audio, agent_server=self.server.base_url if self.server else None,
@@ -347,18 +337,20 @@ class Controller:
 
     # -- starting a call --------------------------------------------------------
 
-    def start_call(self, agent: str | None,
-                   clone_voice: str | None = None) -> dict[str, Any]:
+    def cmd_call(self, request: Request) -> Reply:
+        """Start a call (``starting``; progress follows as ``state`` events)."""
+        agent: str | None = request.get("agent")
+        clone_voice: str | None = request.get("clone_voice")
         clone_voice = (clone_voice if clone_voice is not None else self.config.clone_voice)
         if clone_voice is not None and not clone_voice.strip():
-            return protocol.error("call: clone_voice needs a name")
+            return protocol.error(protocol.INVALID, "call: clone_voice needs a name")
         if self.state not in (CallState.IDLE, CallState.FAILED):
-            return protocol.error(f"a call is already in progress (state {self.state.value}); "
-                                  "hang up first")
+            return protocol.error(protocol.BUSY, "a call is already in progress (state "
+                                  f"{self.state.value}); hang up first")
         if self._stopping:
-            return protocol.error("the controller is shutting down")
+            return protocol.error(protocol.SHUTTING_DOWN, "the controller is shutting down")
         if self.audio is None:
-            return protocol.error("the audio process is not running")
+            return protocol.error(protocol.AUDIO, "the audio process is not running")
         agent = agent or self.config.agent
         call_id = new_call_id()
         self.call = Call(call_id, agent, self.config.base_url,
@@ -406,15 +398,18 @@ class Controller:
         now = time.monotonic()
         if call.agent_started:
             if call.connected_at is None and now - call.requested_at > CONNECT_TIMEOUT:
-                self._end_call("the agent did not answer (unreachable?)", failed=True)
+                self._end_call("the agent did not answer (unreachable?)",
+                               protocol.AGENT_UNREACHABLE)
             return
         if call.agent == "local":
             assert self.server is not None
             if not self.server.poll_ready():
                 if not self.server.alive():
-                    self._end_call("the local agent server failed to start", failed=True)
+                    self._end_call("the local agent server failed to start",
+                                   protocol.AGENT_SERVER)
                 elif now - call.requested_at > STANDBY_READY_TIMEOUT:
-                    self._end_call("the local agent server did not start in time", failed=True)
+                    self._end_call("the local agent server did not start in time",
+                                   protocol.AGENT_SERVER)
                 return
         standby = self.standby
         if standby is None or not standby.alive():
@@ -423,7 +418,7 @@ class Controller:
         if not standby.ready:
             standby.poke()
             if now - standby.spawned_at > STANDBY_READY_TIMEOUT:
-                self._end_call("the agent process did not become ready", failed=True)
+                self._end_call("the agent process did not become ready", protocol.AGENT_FAILED)
             return
         assert self.audio is not None
         try:
@@ -431,11 +426,11 @@ class Controller:
             call.claim = reserve_failure_note(call.record_dir)
         except OSError as exc:  # EACCES, EROFS, ENOTDIR, ENOSPC: this call fails, not us
             self._end_call(f"cannot create the call folder {call.record_dir}: "
-                           f"{exc.strerror or exc}", failed=True)
+                           f"{exc.strerror or exc}", protocol.STORAGE)
             return
         reply = self.audio.request({"cmd": "start", "record": str(call.recording)}, timeout=2.0)
         if not reply.get("ok"):
-            self._end_call(f"audio: {reply.get('error')}", failed=True)
+            self._end_call(f"audio: {reply.get('error')}", protocol.AUDIO)
             return
         call.audio_started = True
         self._audio_cache = None
@@ -483,38 +478,44 @@ class Controller:
             self.publish(protocol.EVENT_AGENT, call_id=cid, kind="latency", ms=event.get("ms"))
         elif name == protocol.AGENT_ERROR:
             message = str(event.get("message"))
+            code = str(event.get("code") or protocol.AGENT_FAILED)
             call.errors.append(message)
-            self.publish(protocol.EVENT_ERROR, call_id=cid, message=message)
+            self.publish(protocol.EVENT_ERROR, call_id=cid, message=message, code=code)
             if self.state == CallState.STARTING:
-                self._end_call(message, failed=True)
+                self._end_call(message, code)
         elif name == protocol.AGENT_DISCONNECT:
             if event.get("reason") != "user" and self.state in (CallState.STARTING,
                                                                  CallState.IN_CALL):
                 why = event.get("message") or event.get("close_reason") or event.get("reason")
+                failed = event.get("reason") == "error"
                 self._end_call(f"the agent disconnected ({why})",
-                               failed=event.get("reason") == "error")
+                               str(event.get("code") or protocol.AGENT_UNREACHABLE)
+                               if failed else None)
 
     # -- ending a call ----------------------------------------------------------
 
-    def hangup(self) -> dict[str, Any]:
+    def cmd_hangup(self, request: Request) -> Reply:
+        """End the call; answered once the audio is silent and stopped. Idempotent."""
         if self.state == CallState.ENDING and self.call is not None:
             return protocol.ok(call_id=self.call.call_id, already_ending=True)
         if self.state not in (CallState.STARTING, CallState.IN_CALL) or self.call is None:
-            return protocol.error("no call to hang up")
+            return protocol.error(protocol.NO_CALL, "no call to hang up")
         # Timed from the frame's arrival: whatever it waited for counts.
         audio = self._end_call("hangup", at=self.requests.received_at or None)
         return protocol.ok(call_id=self.call.call_id, audio=audio)
 
-    def _end_call(self, reason: str, failed: bool = False,
+    def _end_call(self, reason: str, code: str | None = None,
                   at: float | None = None) -> dict[str, Any] | None:
         """Silence and stop the audio, tell the agent to end, arm the kill; → ending.
 
-        ``at``: when the hangup arrived (``time.monotonic()``), default now."""
+        ``code``: for a call that failed, the ``protocol`` error code of ``reason``
+        (None: it ended as it should). ``at``: when the hangup arrived
+        (``time.monotonic()``), default now."""
         call = self.call
         assert call is not None
         call.hangup_at = at if at is not None else time.monotonic()
         call.end_reason = reason
-        self._failed = failed
+        self._end_code = code
         audio_reply = None
         # The agent first: its end waits for nothing, and its exit (the close
         # handshake with the service) then runs while the audio process fades.
@@ -534,7 +535,7 @@ class Controller:
             call.audio_silent_at = call.stream_stopped_at = call.hangup_at  # nothing played
         # else: the audio process is dead: when its sound stopped is unknown (None).
         self._audio_cache = None
-        self._set_state(CallState.ENDING, reason if failed else None)
+        self._set_state(CallState.ENDING, reason if code else None, code)
         return audio_reply
 
     def _advance_end(self, call: Call) -> None:
@@ -549,15 +550,16 @@ class Controller:
             call.agent_exited_at = agent.exited_at
             call.agent_killed = agent.killed
             self.agent = None
-        ended = {"call_id": call.call_id, "reason": call.end_reason,
+        code = self._end_code
+        ended = {"call_id": call.call_id, "reason": call.end_reason, "reason_code": code,
                  "timings": call.timings(), "recording": str(call.recording)
                  if call.audio_started else None, "conversation_id": call.conversation_id,
                  "errors": call.errors}
         self.last_ended = ended
         self.publish(protocol.EVENT_CALL_ENDED, **ended)
-        failed = self._failed
+        failed = code is not None
         self._set_state(CallState.FAILED if failed else CallState.IDLE,
-                        call.end_reason if failed else None)
+                        call.end_reason if failed else None, code)
         # After call.ended: the files and any voice clone, in a process of their own.
         self.postcall.spawn(  # a failure is published by the next _tick
             call, failed=failed,
@@ -575,7 +577,7 @@ class Controller:
         for failure in self.postcall.take_failures():
             self.publish(protocol.EVENT_POSTCALL, **failure)
         if self._stop_requested and not self._stopping:
-            self.handle({"cmd": "shutdown"})
+            self.cmd_shutdown({"cmd": "shutdown"})
         for agent in (self.standby, self.agent):
             if agent is not None:
                 agent.read_replies()
@@ -615,7 +617,7 @@ class Controller:
             try:
                 reply = self.audio.request({"cmd": "status"}, timeout=0.2)
             except TimeoutError:
-                reply = {"ok": False, "error": "the audio process did not answer"}
+                reply = protocol.error(protocol.AUDIO, "the audio process did not answer")
             self._audio_cache = (now, reply)
         return self._audio_cache[1]
 
@@ -629,6 +631,7 @@ class Controller:
             # A stream lost and reopened (or being reopened) by the device: the call goes on.
             what = "reopened" if entry.get("reopened") else "lost, reopening"
             self.publish(protocol.EVENT_ERROR, call_id=call.call_id, kind="device_reopened",
+                         code=protocol.AUDIO,
                          message=f"audio stream {what}: {entry.get('error')}",
                          gap_ms=entry.get("gap_ms"))
         call.device_reopens_seen = len(reopens)  # type: ignore[attr-defined]
@@ -636,15 +639,16 @@ class Controller:
             # The device went away under us and could not be reopened (3 failed
             # reopens within 5 s on the pulse backend; at once on the others).
             detail = status.get("last_device_error")
-            self.publish(protocol.EVENT_ERROR, call_id=call.call_id,
+            self.publish(protocol.EVENT_ERROR, call_id=call.call_id, code=protocol.AUDIO,
                          message="the audio device stopped (disconnected?)"
                          + (f": {detail}" if detail else ""))
-            self._end_call("audio device lost", failed=True)
+            self._end_call("audio device lost", protocol.AUDIO)
             return
         error = status.get("recording_error")
         if error and error not in call.errors:
             call.errors.append(error)
-            self.publish(protocol.EVENT_ERROR, call_id=call.call_id, message=error)
+            self.publish(protocol.EVENT_ERROR, call_id=call.call_id, message=error,
+                         code=protocol.STORAGE)
         levels = status.get("levels") or {}
         self.publish(protocol.EVENT_LEVELS, call_id=call.call_id,
                      in_dbfs=levels.get("in_dbfs"), out_dbfs=levels.get("out_dbfs"),
@@ -656,10 +660,10 @@ class Controller:
         dead.stop()  # reaps and unlinks its rings
         self.audio = None
         self._audio_cache = None
-        self.publish(protocol.EVENT_ERROR, message="the audio process died",
+        self.publish(protocol.EVENT_ERROR, message="the audio process died", code=protocol.AUDIO,
                      call_id=self.call.call_id if self.call else None)
         if self.state in (CallState.STARTING, CallState.IN_CALL):
-            self._end_call("audio", failed=True)
+            self._end_call("audio", protocol.AUDIO)
         if not self._stopping:
             self._start_audio()
 

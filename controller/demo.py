@@ -24,6 +24,7 @@ import numpy as np
 import platformdirs
 import zmq
 
+from callctl.engine import protocol
 from callctl.engine.agent_server.voice import Voice
 from callctl.engine.audio_client import ControlClient
 from callctl.engine.ring import SAMPLE_RATE
@@ -86,10 +87,10 @@ def run(out_dir: Path, mid_sentence: float) -> int:
             if event is None:
                 print("the agent never answered the caller", file=sys.stderr)
                 return 1
-            if event["event"] == "transcript":
+            if event["event"] == protocol.EVENT_TRANSCRIPT:
                 agent_lines += event["role"] == "agent"
                 print(f"   {event['role']:>6}: {event['text']}")
-            elif event["event"] == "state" and event["state"] == "failed":
+            elif event["event"] == protocol.EVENT_STATE and event["state"] == "failed":
                 print(f"the call failed: {event['reason']}", file=sys.stderr)
                 return 1
         time.sleep(mid_sentence)
@@ -102,7 +103,7 @@ def run(out_dir: Path, mid_sentence: float) -> int:
             if event is None:
                 print("no call.ended event", file=sys.stderr)
                 return 1
-            if event["event"] == "call.ended":
+            if event["event"] == protocol.EVENT_CALL_ENDED:
                 ended = event
         control.request({"cmd": "shutdown"})
         serve.wait(15)

@@ -20,6 +20,10 @@ import os
 from pathlib import Path
 
 
+class EndpointTaken(RuntimeError):
+    """Another controller holds the endpoint's lock. ``str()`` is one line."""
+
+
 class EndpointLock:
     """The held lock of an ipc endpoint (a no-op one for tcp). Owned by the controller."""
 
@@ -28,7 +32,7 @@ class EndpointLock:
 
     @classmethod
     def take(cls, endpoint: str) -> EndpointLock:
-        """Lock ``endpoint`` for this process, or raise ``RuntimeError`` (one line) if
+        """Lock ``endpoint`` for this process, or raise ``EndpointTaken`` (one line) if
         another controller holds it."""
         if not endpoint.startswith("ipc://"):
             return cls(None)
@@ -38,7 +42,7 @@ class EndpointLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise RuntimeError(f"another controller is already serving {endpoint}") from None
+            raise EndpointTaken(f"another controller is already serving {endpoint}") from None
         except OSError:
             os.close(fd)
             raise

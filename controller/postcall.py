@@ -328,7 +328,7 @@ class PostcallRunner:
         if call is not None and call.hangup_at is None and call.clone_voice:
             call.clone_voice = None
             return protocol.ok(call_id=call.call_id, before_upload=True)
-        return protocol.error("no voice clone in progress")
+        return protocol.error(protocol.NO_CLONE, "no voice clone in progress")
 
     def reap(self) -> None:
         """Forget the processes that have exited (never waits); one that exited before its

@@ -5,6 +5,9 @@
     python -c 'import zmq; s = zmq.Context().socket(zmq.REQ); ...; s.send_json({"cmd": "call"})'
 
 Stops on `{"cmd": "shutdown"}`, SIGTERM or Ctrl-C, ending any call first.
+Exit status: 0 when stopped, 2 for bad options, and
+``protocol.SERVE_EXIT_STATUS`` (3: another controller serves the endpoint, 4: the
+audio process did not start) so a parent can tell why by code.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import zmq
 
 from callctl.controller import endpoints
 from callctl.controller.controller import Controller
+from callctl.controller.endpoint_lock import EndpointTaken
 from callctl.controller.options import add_controller_options, controller_config
+from callctl.engine import protocol
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         if warning:
             print(warning, file=sys.stderr, flush=True)
         controller = Controller(config)
+    except EndpointTaken as exc:
+        print(f"callctl serve: {exc}", file=sys.stderr)
+        return protocol.SERVE_EXIT_STATUS[protocol.ENDPOINT_TAKEN]
     except (endpoints.EndpointError, ValueError, RuntimeError, OSError, zmq.ZMQError) as exc:
         # zmq.ZMQError: the endpoint is taken ("Address already in use") or unusable.
         print(f"callctl serve: cannot serve {args.endpoint or 'the default endpoint'}: {exc}"
@@ -46,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         controller.run(on_ready=ready)
-    except RuntimeError as exc:
+    except RuntimeError as exc:  # the audio process did not start
         print(f"callctl serve: {exc}", file=sys.stderr)
-        return 1
+        return protocol.SERVE_EXIT_STATUS[protocol.AUDIO]
     return 0
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -41,7 +42,7 @@ from callctl.engine.audio_process import ring_names
 from callctl.engine.credentials import ConfigError, Credentials, load_credentials
 from callctl.engine.ring import AudioRing
 from callctl.engine.ring_audio import RingAudioInterface
-from callctl.engine.serving import RequestSocket
+from callctl.engine.serving import Commands, CommandServer, Reply, Request
 
 EXPECTED_FORMAT = "pcm_16000"
 HTTP_TIMEOUT = 10.0
@@ -51,7 +52,7 @@ SIGNED_URL_MAX_AGE = 240.0
 an older one is fetched again in the background, and ``start`` never uses a stale one."""
 SDK_THREAD_JOIN = 1.0
 """Bound on waiting for the SDK's thread once the close handshake is over, seconds."""
-IDLE_POLL_MS = 1000
+IDLE_POLL_S = 1.0
 """The control loop's longest sleep; the session's end wakes it at once (``Wakeup``)."""
 
 
@@ -290,7 +291,7 @@ class AgentSession:
         message = conv.format_error or details.message
         self.events.emit(protocol.AGENT_DISCONNECT, reason=details.reason,
                          close_code=details.close_code, close_reason=details.close_reason,
-                         message=message)
+                         message=message, code=disconnect_code(details, conv.format_error))
 
     def _on_conversation(self) -> None:
         conv = self.conversation
@@ -324,92 +325,150 @@ class AgentSession:
         self.capture.close()
 
 
-def serve(socket: zmq.Socket, credentials: Credentials, events: EventPusher) -> int:
-    """The control loop: standby (maybe prepared) until ``start``, in call until the session ends.
+class AgentControl(Commands, spec=protocol.AGENT_COMMANDS):
+    """The agent process's commands (``cmd_*``) and its one session. Control thread only.
 
-    Returns the exit code as soon as the session's thread has ended (woken
-    through a ``Wakeup``, not by polling), or at once on ``end`` in standby.
+    ``state``: ``standby`` (maybe prepared) until ``start``, ``in_call``, then
+    ``ending`` after ``end``. ``exit_code`` is set when the process is to leave:
+    at ``end`` in standby, or once the session's thread has ended.
     """
-    wakeup = Wakeup()
-    try:
-        return _serve(socket, credentials, events, wakeup)
-    finally:
-        wakeup.close()
 
+    def __init__(self, credentials: Credentials, events: EventPusher, wakeup: Wakeup) -> None:
+        self.credentials = credentials
+        self.events = events
+        self.wakeup = wakeup
+        self.session: AgentSession | None = None
+        self.state = "standby"
+        self.exit_code: int | None = None
 
-def _serve(socket: zmq.Socket, credentials: Credentials, events: EventPusher,
-           wakeup: Wakeup) -> int:
-    session: AgentSession | None = None
-    state = "standby"
-    requests = RequestSocket(socket, protocol.AGENT_COMMANDS)
-    poller = zmq.Poller()
-    poller.register(socket, zmq.POLLIN)
-    poller.register(wakeup.read_fd, zmq.POLLIN)
-    while True:
+    def cmd_ping(self, request: Request) -> Reply:
+        return protocol.ok(protocol=protocol.PROTOCOL_VERSION)
+
+    def cmd_status(self, request: Request) -> Reply:
+        session = self.session
+        return protocol.ok(state=self.state,
+                           prepared=session is not None and self.state == "standby",
+                           **(session.status() if session else {}))
+
+    def cmd_prepare(self, request: Request) -> Reply:
+        """Build the session for these fields before the call; ``busy`` once in a call."""
+        return self._open(request, start=False)
+
+    def cmd_start(self, request: Request) -> Reply:
+        """Open the session (the prepared one if the fields match); ``busy`` once in a call."""
+        return self._open(request, start=True)
+
+    def _open(self, request: Request, start: bool) -> Reply:
+        cmd = request["cmd"]
+        if self.state != "standby":
+            return protocol.error(protocol.BUSY, f"{cmd}: this agent process already has "
+                                  "a session")
+        spec = SessionSpec.from_request(request, self.credentials.base_url)
+        try:
+            if self.session is not None and self.session.spec != spec:
+                self.session.close()  # prepared for another agent, service or audio process
+                self.session = None
+            if self.session is None:
+                self.session = AgentSession(self.credentials, spec, self.events, self.wakeup)
+            if not start:
+                return protocol.ok(prepared=True)
+            self.session.start()
+            self.state = "in_call"
+            return protocol.ok()
+        except Exception as exc:  # a bad URL, rings gone, the service refusing the key
+            message, code = f"{cmd} failed: {exc}", failure_code(exc)
+            if start:
+                self.events.emit(protocol.AGENT_ERROR, message=message, code=code)
+            if self.session is not None:
+                self.session.close()
+            self.session = None
+            return protocol.error(code, message)
+
+    def cmd_end(self, request: Request) -> Reply:
+        """End the session (the process exits once it has); in standby, exit at once."""
+        session = self.session
+        if session is None or self.state == "standby":
+            if session is not None:
+                session.close()
+                self.session = None
+            self.exit_code = 0
+            return protocol.ok(state="standby")
+        if self.state != "ending":
+            self.state = "ending"
+            session.end()
+        return protocol.ok(state=self.state)
+
+    def redact(self, reply: Reply) -> Reply:
+        secret = self.credentials.api_key
+        if not secret:
+            return reply
+        return {k: v.replace(secret, "[redacted]") if isinstance(v, str) else v
+                for k, v in reply.items()}
+
+    def between_requests(self) -> None:
+        """Each loop turn: leave once the session has ended; keep a standby's URL fresh."""
+        session = self.session
         if session is not None and session.ended.is_set():
             session.wait_sdk_thread(SDK_THREAD_JOIN)
             session.close()
-            return 0
-        ready = dict(poller.poll(IDLE_POLL_MS))
-        if wakeup.read_fd in ready:
-            wakeup.drain()
-        if session is not None and state == "standby":
+            self.session = None
+            self.exit_code = 0
+        elif session is not None and self.state == "standby":
             session.refresh()
-        if socket not in ready:
-            continue
-        request = requests.receive()
-        if request is None:
-            continue
-        cmd = request["cmd"]
-        reply: dict[str, Any]
-        if cmd == "ping":
-            reply = protocol.ok(protocol=protocol.PROTOCOL_VERSION)
-        elif cmd == "status":
-            reply = protocol.ok(state=state, prepared=session is not None and state == "standby",
-                                **(session.status() if session else {}))
-        elif cmd in ("prepare", "start"):
-            if state != "standby":
-                reply = protocol.error(f"{cmd}: this agent process already has a session")
-            else:
-                spec = SessionSpec.from_request(request, credentials.base_url)
-                try:
-                    if session is not None and session.spec != spec:
-                        session.close()  # prepared for another agent, service or audio process
-                        session = None
-                    if session is None:
-                        session = AgentSession(credentials, spec, events, wakeup)
-                    if cmd == "start":
-                        session.start()
-                        state = "in_call"
-                    reply = protocol.ok(prepared=True) if cmd == "prepare" else protocol.ok()
-                except Exception as exc:  # a bad URL, rings gone, the service refusing the key
-                    message = f"{cmd} failed: {exc}"
-                    if cmd == "start":
-                        events.emit(protocol.AGENT_ERROR, message=message)
-                    reply = protocol.error(message)
-                    if session is not None:
-                        session.close()
-                    session = None
-        elif cmd == "end":
-            if session is None or state == "standby":
-                if session is not None:
-                    session.close()
-                requests.reply(protocol.ok(state="standby"))
-                return 0
-            if state != "ending":
-                state = "ending"
-                session.end()
-            reply = protocol.ok(state=state)
-        else:
-            reply = protocol.error(f"{cmd}: not handled by the agent process")
-        if credentials.api_key:
-            reply = _scrub(reply, credentials.api_key)
-        requests.reply(reply)
 
 
-def _scrub(reply: dict[str, Any], secret: str) -> dict[str, Any]:
-    return {k: v.replace(secret, "[redacted]") if isinstance(v, str) else v
-            for k, v in reply.items()}
+def failure_code(exc: BaseException) -> str:
+    """The error code for a session that could not be built or opened.
+
+    The SDK's HTTP errors carry ``status_code``; 401 and 403 are the key refused.
+    A network failure (OSError: refused, unreachable, timed out) is the service
+    unreachable; anything else, the agent process failing.
+    """
+    if getattr(exc, "status_code", None) in (401, 403):
+        return protocol.AGENT_AUTH
+    if isinstance(exc, OSError) or "connect" in type(exc).__name__.lower():
+        return protocol.AGENT_UNREACHABLE
+    return protocol.AGENT_FAILED
+
+
+def disconnect_code(details: DisconnectionDetails, format_error: str | None) -> str | None:
+    """The error code of a session's end: None for the caller's own end (``user``).
+
+    The SDK hands over only the websocket library's sentence ("server rejected
+    WebSocket connection: HTTP 401"), so this is the one place its words are read:
+    here, where they enter callctl, never in a client.
+    """
+    if details.reason == "user":
+        return None
+    if format_error is not None:
+        return protocol.AGENT_FAILED
+    text = f"{details.message or ''} {details.close_reason or ''}"
+    if re.search(r"\bHTTP (401|403)\b", text):
+        return protocol.AGENT_AUTH
+    return protocol.AGENT_UNREACHABLE
+
+
+def serve(socket: zmq.Socket, endpoint: str, credentials: Credentials,
+          events: EventPusher) -> int:
+    """Bind ``socket`` to ``endpoint`` and serve: standby (maybe prepared) until ``start``,
+    in call until the session ends; returns the exit code.
+
+    Returns as soon as the session's thread has ended (woken through a
+    ``Wakeup``, not by polling), or at once on ``end`` in standby.
+    """
+    wakeup = Wakeup()
+    try:
+        control = AgentControl(credentials, events, wakeup)
+        server = CommandServer(socket, control)  # its options, before the bind
+        socket.bind(endpoint)
+        while True:
+            control.between_requests()
+            if control.exit_code is not None:
+                return control.exit_code
+            if server.turn(IDLE_POLL_S, [wakeup.read_fd]):
+                wakeup.drain()
+    finally:
+        wakeup.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -441,17 +500,14 @@ def main(argv: list[str] | None = None) -> int:
             handler.addFilter(RedactKey(credentials.api_key))
     ctx = zmq.Context()
     control = ctx.socket(zmq.REP)
-    control.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
-    control.setsockopt(zmq.LINGER, 0)
     push: zmq.Socket | None = None
     try:
-        control.bind(args.control)
         if args.events:
             push = ctx.socket(zmq.PUSH)
             push.setsockopt(zmq.LINGER, 500)  # let the last events (agent.ended) out
             push.setsockopt(zmq.SNDHWM, 1000)
             push.connect(args.events)
-        return serve(control, credentials, EventPusher(push, credentials.api_key))
+        return serve(control, args.control, credentials, EventPusher(push, credentials.api_key))
     finally:
         control.close(0)
         if push is not None:

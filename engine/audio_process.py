@@ -36,14 +36,15 @@ from callctl.engine.devices import AudioDevice, DeviceError, FadingDevice
 from callctl.engine.echo import EchoCanceller, EchoThread, EchoUnavailable, InlineEcho
 from callctl.engine.recorder import CallRecorder
 from callctl.engine.ring import SAMPLE_RATE, AudioRing
-from callctl.engine.serving import RequestSocket
+from callctl.engine.serving import Commands, CommandServer, Reply, Request
 
 PLAYBACK_CAPACITY = 1 << 17
 """Playback ring, frames: 8.2 s at 16 kHz. The agent streams faster than real
 time; what does not fit waits in the agent process."""
 CAPTURE_CAPACITY = 1 << 15
 """Capture ring, frames: 2 s at 16 kHz of slack for the agent's input thread."""
-
+SERVE_TURN = 0.1
+"""Seconds the control loop waits for a request before looking at ``stop`` again."""
 
 PULSE_FADE_MS = 6.0
 """The native PulseAudio backend's hangup fade: it fades what the server is playing, so
@@ -64,8 +65,8 @@ def stream_delay_ms(device: AudioDevice, bridge: RateBridge) -> int:
     return max(0, round(seconds * 1000))
 
 
-class AudioEngine:
-    """The audio process's state and commands. Control thread only.
+class AudioEngine(Commands, spec=protocol.AUDIO_COMMANDS):
+    """The audio process's state and commands (``cmd_*``). Control thread only.
 
     Owns nothing it is given: the caller closes the device and the rings. With
     ``aec`` it starts the echo canceller thread (closed by ``close``); when
@@ -112,26 +113,19 @@ class AudioEngine:
         self._finalising: list[threading.Thread] = []
         self.started_at: float | None = None
         self.last_hangup: dict[str, Any] | None = None
+        self.shutdown_requested = False
 
-    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Answer one validated request."""
-        cmd = request["cmd"]
-        try:
-            if cmd == "status":
-                return self.status()
-            if cmd == "start":
-                return self.start(request.get("record"))
-            if cmd == "flush":
-                return self.flush()
-            if cmd == "hangup":
-                return self.hangup()
-            if cmd == "ping":
-                return protocol.ok(protocol=protocol.PROTOCOL_VERSION)
-        except (DeviceError, OSError) as exc:
-            return protocol.error(f"{cmd} failed: {exc}")
-        return protocol.error(f"{cmd}: not handled by the audio process")
+    failures = {DeviceError: protocol.AUDIO, OSError: protocol.AUDIO}
 
-    def status(self) -> dict[str, Any]:
+    def cmd_ping(self, request: Request) -> Reply:
+        return protocol.ok(protocol=protocol.PROTOCOL_VERSION)
+
+    def cmd_shutdown(self, request: Request) -> Reply:
+        """Answered at once; ``serve`` then returns, and ``main`` closes everything."""
+        self.shutdown_requested = True
+        return protocol.ok()
+
+    def cmd_status(self, request: Request) -> Reply:
         cb = self.callback
         return protocol.ok(
             state="running" if self.device.running else "stopped",
@@ -154,10 +148,12 @@ class AudioEngine:
             aec=self.echo.stats() if self.echo else {"enabled": False, "error": self.aec_error},
         )
 
-    def start(self, record: str | None) -> dict[str, Any]:
-        """Start the stream for a call, optionally recording to ``record`` (a WAV path)."""
+    def cmd_start(self, request: Request) -> Reply:
+        """Start the stream for a call, recording to ``request["record"]`` (a WAV path) if
+        given; ``busy`` while it runs."""
+        record: str | None = request.get("record")
         if self.device.running:
-            return protocol.error("start: the stream is already running")
+            return protocol.error(protocol.BUSY, "start: the stream is already running")
         self.callback.rearm()
         self.playback.flush()  # stream stopped: the control thread is the ring's reader
         if self.echo is not None:
@@ -176,7 +172,7 @@ class AudioEngine:
         self.started_at = time.monotonic()
         return protocol.ok(started_at=self.started_at, recording=record)
 
-    def flush(self) -> dict[str, Any]:
+    def cmd_flush(self, request: Request) -> Reply:
         """Barge-in: the callback drops queued playback at its next period; the stream runs on.
 
         On a device that cuts at the device (``cuts_at_device``: the native PulseAudio
@@ -191,19 +187,19 @@ class AudioEngine:
         """
         if not self.device.running:
             return protocol.ok(dropped_frames=self.playback.flush())
-        request = self.callback.request_flush()
+        ticket = self.callback.request_flush()
         silent_at: float | None = None
         if self.device.cuts_at_device:
             device = cast(FadingDevice, self.device)
             silent_at = device.fade_flush(max(0.1, 10 * device.period_frames / device.rate))
         deadline = time.monotonic() + 0.5
-        while not self.callback.flush_done(request) and time.monotonic() < deadline:
+        while not self.callback.flush_done(ticket) and time.monotonic() < deadline:
             time.sleep(0.0005)
         return protocol.ok(dropped_frames=self.callback.last_flush_dropped,
-                           done=self.callback.flush_done(request), silent_at=silent_at,
+                           done=self.callback.flush_done(ticket), silent_at=silent_at,
                            cut_by="device" if silent_at is not None else "callback")
 
-    def hangup(self) -> dict[str, Any]:
+    def cmd_hangup(self, request: Request) -> Reply:
         """Silence from the next period (after the fade), ring zeroed, stream stopped.
 
         Replies with its own times (``time.monotonic()`` seconds, comparable
@@ -279,25 +275,14 @@ def _round(value: float) -> float | None:
     return None if value == float("-inf") else round(value, 1)
 
 
-def serve(engine: AudioEngine, socket: zmq.Socket, stop: threading.Event | None = None) -> None:
-    """Answer requests on a bound REP ``socket`` until ``shutdown`` (or ``stop`` is set)."""
-    requests = RequestSocket(socket, protocol.AUDIO_COMMANDS)
-    poller = zmq.Poller()
-    poller.register(socket, zmq.POLLIN)
-    while stop is None or not stop.is_set():
-        if not poller.poll(100):
-            continue
-        request = requests.receive()
-        if request is None:
-            continue
-        if request["cmd"] == "shutdown":
-            requests.reply(protocol.ok())
-            return
-        try:
-            reply = engine.handle(request)
-        except Exception as exc:  # a bug must not take the call down with it
-            reply = protocol.error(f"internal error: {type(exc).__name__}: {exc}")
-        requests.reply(reply)
+def serve(engine: AudioEngine, socket: zmq.Socket, endpoint: str,
+          stop: threading.Event | None = None) -> None:
+    """Bind the REP ``socket`` to ``endpoint`` and answer requests on it until ``shutdown``
+    (or ``stop`` is set). The socket stays the caller's to close."""
+    server = CommandServer(socket, engine)  # its options, before the bind
+    socket.bind(endpoint)
+    while not engine.shutdown_requested and (stop is None or not stop.is_set()):
+        server.turn(SERVE_TURN)
 
 
 def list_all_devices() -> list[dict[str, Any]]:
@@ -434,8 +419,6 @@ def main(argv: list[str] | None = None) -> int:
     play_name, cap_name = ring_names(prefix)
     ctx = zmq.Context()
     socket = ctx.socket(zmq.REP)
-    socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
-    socket.setsockopt(zmq.LINGER, 0)
     try:
         with AudioRing.create(PLAYBACK_CAPACITY, play_name) as playback, \
                 AudioRing.create(CAPTURE_CAPACITY, cap_name) as capture:
@@ -449,8 +432,7 @@ def main(argv: list[str] | None = None) -> int:
                                  aec=not args.no_aec,
                                  noise_suppression=not args.no_noise_suppression)
             try:
-                socket.bind(args.control)
-                serve(engine, socket)
+                serve(engine, socket, args.control)
             finally:
                 engine.close()
                 device.close()

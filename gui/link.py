@@ -12,12 +12,12 @@ Requests are single-frame JSON objects (docs/protocol.md). The DEALER speaks
 to the controller's REP with an empty delimiter frame; REP answers one
 request at a time, in order, so replies are matched to requests first in,
 first out. Every request has a deadline (a ``QTimer``), counted from when
-the request ahead of it was due at the latest: when one passes,
-every pending request is answered with ``{"ok": false, "error": "controller
-not responding …", "timeout": true}``, ``unresponsive`` is emitted, and the
-DEALER is replaced, so that a late reply cannot be matched to the wrong
-request (ZeroMQ's "lazy pirate" pattern). The next reply that arrives emits
-``responsive``.
+the request ahead of it was due at the latest: when one passes, every
+pending request is answered with ``{"ok": false, "error": "controller not
+responding …", "code": "not_responding", "timeout": true}``,
+``unresponsive`` is emitted, and the DEALER is replaced, so that a late
+reply cannot be matched to the wrong request (ZeroMQ's "lazy pirate"
+pattern). The next reply that arrives emits ``responsive``.
 
 Events are multipart ``[topic, json]``; each is emitted as
 ``event_received(topic, object)``. Malformed events are dropped.
@@ -182,13 +182,13 @@ class ControllerLink(QObject):
         cmd = str(message.get("cmd"))
         timeout = DEFAULT_TIMEOUT_S if timeout is None else timeout
         if self._closed or self._dealer is None:
-            self._answer_later(on_reply, {"ok": False, "error": "not connected"})
+            self._answer_later(on_reply, protocol.error(protocol.NOT_CONNECTED, "not connected"))
             return
         try:
             self._dealer.send_multipart([b"", protocol.encode(message)], zmq.NOBLOCK)
         except zmq.Again:
-            self._answer_later(on_reply, {"ok": False, "timeout": True,
-                                          "error": "controller not responding (queue full)"})
+            self._answer_later(on_reply, protocol.error(
+                protocol.NOT_RESPONDING, "controller not responding (queue full)", timeout=True))
             return
         # The controller answers one request at a time: a request's clock starts when the
         # one ahead of it is due at the latest (a slow ``devices`` does not time out the
@@ -225,7 +225,8 @@ class ControllerLink(QObject):
         self._is_unresponsive = True
         for p in pending:
             if p.on_reply is not None:
-                self._call(p.on_reply, {"ok": False, "error": message, "timeout": True})
+                self._call(p.on_reply, protocol.error(protocol.NOT_RESPONDING, message,
+                                                      timeout=True))
         self.unresponsive.emit(message)
 
     # -- draining ------------------------------------------------------------
@@ -258,7 +259,8 @@ class ControllerLink(QObject):
         except ValueError:
             reply = None
         if not isinstance(reply, dict):
-            reply = {"ok": False, "error": "the controller sent a reply that is not JSON"}
+            reply = protocol.error(protocol.BAD_REPLY,
+                                   "the controller sent a reply that is not JSON")
         if self._is_unresponsive:
             self._is_unresponsive = False
             self.responsive.emit()

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import re
 
+from callctl.engine import protocol
+
 
 def clock(seconds: float) -> str:
     """A call's duration: ``mm:ss``, or ``h:mm:ss`` past an hour."""
@@ -42,36 +44,34 @@ def clean_reason(reason: str) -> str:
     return text
 
 
-_HINTS: list[tuple[tuple[str, ...], str]] = [
-    (("already serving",),
-     "Another controller already serves that endpoint: start the window with --attach to use "
-     "it, or drop --endpoint."),
-    (("401", "403", "unauthorized", "api key", "api_key", "authenticat", "invalid key",
-      "forbidden", "needs a key"),
-     "Check your ElevenLabs API key: set ELEVENLABS_API_KEY, or api_key in "
-     "~/.config/callctl/config.toml."),
-    (("no audio device", "audio device", "sound server", "no default audio", "audio process",
-      "audio:", "has no input", "has no output"),
-     "Pick another microphone or speaker above (or the virtual device), or check that a sound "
-     "server (PulseAudio, PipeWire or JACK) is running."),
-    (("local agent server",),
-     "The offline agent server did not start: run `callctl agent-server` in a terminal to see "
-     "why."),
-    (("not responding",),
-     "The controller did not answer in time; the window keeps asking and recovers by itself."),
-    (("refused", "unreachable", "did not answer", "disconnected", "name or service",
-      "timed out", "timeout", "agent server", "network", "resolve"),
-     "The agent could not be reached: check the network, the agent id and --base-url."),
-]
+_AUDIO_HINT = ("Pick another microphone or speaker above (or the virtual device), or check "
+               "that a sound server (PulseAudio, PipeWire or JACK) is running.")
+_HINTS: dict[str, str] = {
+    protocol.AGENT_AUTH:
+        "Check your ElevenLabs API key: set ELEVENLABS_API_KEY, or api_key in "
+        "~/.config/callctl/config.toml.",
+    protocol.ENDPOINT_TAKEN:
+        "Another controller already serves that endpoint: start the window with --attach to "
+        "use it, or drop --endpoint.",
+    protocol.AUDIO: _AUDIO_HINT,
+    protocol.AGENT_SERVER:
+        "The offline agent server did not start: run `callctl agent-server` in a terminal "
+        "to see why.",
+    protocol.NOT_RESPONDING:
+        "The controller did not answer in time; the window keeps asking and recovers by "
+        "itself.",
+    protocol.AGENT_UNREACHABLE:
+        "The agent could not be reached: check the network, the agent id and --base-url.",
+    protocol.STORAGE:
+        "The call's folder could not be written: check --record-dir and the free space.",
+}
+"""What to do, by the error's ``code`` (``engine.protocol``): never read off its words."""
 
 
-def hint(message: str) -> str:
-    """One line on what to do about ``message``, or ``""`` when there is nothing to add."""
-    low = message.lower()
-    for needles, text in _HINTS:
-        if any(n in low for n in needles):
-            return text
-    return ""
+def hint(code: object) -> str:
+    """One line on what to do about an error whose code is ``code`` (an error reply's
+    ``code``, an event's ``code`` or ``reason_code``), or ``""`` when there is nothing to add."""
+    return _HINTS.get(code, "") if isinstance(code, str) else ""
 
 
 ENDED_NORMALLY = {"hangup", "controller shutting down"}

@@ -32,6 +32,7 @@ from typing import Any
 from PyQt6.QtCore import QObject, QTimer, pyqtSignal
 
 from callctl.controller import endpoints
+from callctl.engine import protocol
 from callctl.gui.controller_process import ServeConfig, ServeProcess
 from callctl.gui.link import ControllerLink, ReplyHandler
 
@@ -69,6 +70,10 @@ class Session(QObject):
         self.phase = "starting" if config is not None else "connecting"
         self.call_state = "idle"
         self.reason: str | None = None
+        self.reason_code: str | None = None
+        """``reason``'s error code (``engine.protocol``), for the window's hint."""
+        self.down_code: str | None = None
+        """Why the spawned controller exited, as an error code when known, else None."""
         self.state_call_id: str | None = None
         """The call the last ``state`` news was about."""
         self.process: ServeProcess | None = None
@@ -178,6 +183,8 @@ class Session(QObject):
             how = f"was killed by signal {-code}"
         else:
             how = f"exited with status {code}"
+        self.down_code = next((why for why, status in protocol.SERVE_EXIT_STATUS.items()
+                               if status == code), None)
         self._set_call_state("idle", None)
         self._set_phase("down", f"The controller {how}.\n{stderr}".strip())
 
@@ -228,7 +235,8 @@ class Session(QObject):
         self.phase = phase
         self.phase_changed.emit(phase, message)
 
-    def _set_call_state(self, state: str, reason: str | None) -> None:
+    def _set_call_state(self, state: str, reason: str | None, code: object = None) -> None:
+        self.reason_code = code if isinstance(code, str) else None
         if (state, reason) == (self.call_state, self.reason):
             return
         self.call_state, self.reason = state, reason
@@ -249,7 +257,7 @@ class Session(QObject):
             call = reply.get("call")
             if isinstance(call, dict) and isinstance(call.get("call_id"), str):
                 self.state_call_id = call["call_id"]
-            self._set_call_state(reply["state"], reply.get("reason"))
+            self._set_call_state(reply["state"], reply.get("reason"), reply.get("reason_code"))
         self.status_changed.emit(reply)
         if first and self.call_state in IDLE_STATES:
             self.request_devices()
@@ -267,11 +275,11 @@ class Session(QObject):
             self.devices_changed.emit(reply["devices"])
 
     def _on_event(self, topic: str, body: dict[str, Any]) -> None:
-        if topic == "state" and isinstance(body.get("state"), str):
+        if topic == protocol.EVENT_STATE and isinstance(body.get("state"), str):
             self._state_seq += 1
             if isinstance(body.get("call_id"), str):
                 self.state_call_id = body["call_id"]
-            self._set_call_state(body["state"], body.get("reason"))
+            self._set_call_state(body["state"], body.get("reason"), body.get("reason_code"))
         self.event_received.emit(topic, body)
 
     def _on_unresponsive(self, message: str) -> None:
@@ -300,6 +308,6 @@ class Session(QObject):
 
     def _request(self, request: dict[str, Any], on_reply: ReplyHandler, timeout: float) -> None:
         if self.link is None:
-            on_reply({"ok": False, "error": "no controller"})
+            on_reply(protocol.error(protocol.NOT_CONNECTED, "no controller"))
             return
         self.link.request(request, on_reply, timeout=timeout)

@@ -46,6 +46,7 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
+from callctl.engine import protocol
 from callctl.gui import devices as device_choices
 from callctl.gui import messages
 from callctl.gui.devices import Choice
@@ -484,7 +485,7 @@ class MainWindow(QMainWindow):
         else:
             self._call_requested = False
             error = str(reply.get("error"))
-            self._show_banner("The call did not start", error, messages.hint(error))
+            self._show_banner("The call did not start", error, messages.hint(reply.get("code")))
         self._render()
 
     def _start_news_overdue(self) -> None:
@@ -505,8 +506,9 @@ class MainWindow(QMainWindow):
         if not reply.get("ok"):
             error = str(reply.get("error"))
             self._hangup_requested = False
-            if "no call" not in error:
-                self._show_banner("The hangup was not confirmed", error, messages.hint(error))
+            if reply.get("code") != protocol.NO_CALL:  # already over: nothing to confirm
+                self._show_banner("The hangup was not confirmed", error,
+                                  messages.hint(reply.get("code")))
         self._render()
 
     def _cancel_clone(self) -> None:
@@ -582,12 +584,13 @@ class MainWindow(QMainWindow):
         self._phase, self._phase_message = phase, message
         if phase == "down":
             title = "The audio engine stopped"
-            self._show_banner(title, message, messages.hint(message), restart=True)
+            self._show_banner(title, message, messages.hint(self.session.down_code), restart=True)
             self._call_requested = self._hangup_requested = False
             self._call_state = "idle"
             self._stop_meters()
         elif phase == "unresponsive":
-            self._show_banner("Controller not responding", message, messages.hint(message),
+            self._show_banner("Controller not responding", message,
+                              messages.hint(protocol.NOT_RESPONDING),
                               restart=self.session.owns_controller)
         elif phase == "ready" and previous == "unresponsive":
             self._hide_banner()
@@ -635,26 +638,26 @@ class MainWindow(QMainWindow):
             self._stop_meters()
             if state == "failed" and reason:
                 text = messages.clean_reason(str(reason))
-                self._show_banner("Call failed", text, messages.hint(text))
+                self._show_banner("Call failed", text, messages.hint(self.session.reason_code))
             if self.devices is None and self.session.owns_controller:
                 self.session.request_devices()
         self._render()
 
     def _on_event(self, topic: str, body: dict[str, Any]) -> None:
-        if topic == "levels":
+        if topic == protocol.EVENT_LEVELS:
             if self._call_state == "in_call":
                 for meter, label, key in ((self.mic_meter, self.mic_level, "in_dbfs"),
                                           (self.speaker_meter, self.speaker_level, "out_dbfs")):
                     meter.set_level(_num(body.get(key)))
                     label.setText(messages.dbfs(meter.held_peak()))  # the mark's figure
-        elif topic == "transcript":
+        elif topic == protocol.EVENT_TRANSCRIPT:
             self._add_line(str(body.get("role")), str(body.get("text", "")))
-        elif topic == "call.ended":
+        elif topic == protocol.EVENT_CALL_ENDED:
             self._show_ended(body, announce=True)
-        elif topic == "error":
+        elif topic == protocol.EVENT_ERROR:
             message = messages.clean_reason(str(body.get("message")))
-            self._show_banner("Error", message, messages.hint(message))
-        elif topic == "postcall":
+            self._show_banner("Error", message, messages.hint(body.get("code")))
+        elif topic == protocol.EVENT_POSTCALL:
             self._on_postcall(body)
 
     def _add_line(self, role: str, text: str) -> None:
@@ -701,7 +704,7 @@ class MainWindow(QMainWindow):
             errors = [messages.clean_reason(str(e)) for e in event.get("errors") or []
                       if messages.clean_reason(str(e)) != text]
             self._show_banner("The call ended", "\n".join([text, *errors]),
-                              messages.hint(" ".join([text, *errors])))
+                              messages.hint(event.get("reason_code")))
 
     def _on_postcall(self, event: dict[str, Any]) -> None:
         """``postcall``: the call folder being filled, and the voice clone, after each call."""

@@ -18,6 +18,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from callctl.engine import protocol
 from callctl.engine.wavfile import read_wav
 
 RATE = 16_000
@@ -115,7 +116,7 @@ def test_stalled_service_agent_is_killed_between_2_0_and_2_2_s(serve: Any) -> No
     assert t["audio_silent_ms"] <= 45, "a frozen network does not delay the silence"
 
 
-def test_twenty_hangups_in_a_burst_end_one_call_and_the_next_call_works(serve: Any) -> None:
+def test_cmd_hangup_twenty_in_a_burst_end_one_call_and_the_next_call_works(serve: Any) -> None:
     served = serve(speech_at=[30.0])
     in_call(served)
     ctx = zmq.Context.instance()
@@ -133,7 +134,8 @@ def test_twenty_hangups_in_a_burst_end_one_call_and_the_next_call_works(serve: A
         replies.append(s.recv_json())
         s.close()
     assert sum(1 for r in replies if r["ok"] and not r.get("already_ending")) == 1
-    assert all(r["ok"] or r["error"] == "no call to hang up" for r in replies)
+    assert all(r["ok"] or (r["code"], r["error"]) == (protocol.NO_CALL, "no call to hang up")
+               for r in replies)
     ended(served)
     served.collect(1.0)
     assert len(served.named("call.ended")) == 1
@@ -142,7 +144,7 @@ def test_twenty_hangups_in_a_burst_end_one_call_and_the_next_call_works(serve: A
     ended(served)
 
 
-def test_hangup_while_the_call_is_starting(serve: Any) -> None:
+def test_cmd_hangup_while_the_call_is_starting(serve: Any) -> None:
     served = serve(speech_at=[30.0])
     assert served.request({"cmd": "call"})["ok"]
     reply = served.request({"cmd": "hangup"})
@@ -153,12 +155,26 @@ def test_hangup_while_the_call_is_starting(serve: Any) -> None:
     in_call(served)  # and the next call still works
 
 
-def test_a_second_call_gets_a_clear_error(serve: Any) -> None:
+def test_cmd_call_a_second_call_gets_a_clear_busy_error(serve: Any) -> None:
     served = serve(speech_at=[30.0])
     in_call(served)
     reply = served.request({"cmd": "call"})
     assert not reply["ok"] and "already in progress" in reply["error"]
+    assert reply["code"] == protocol.BUSY
     assert served.request({"cmd": "status"})["state"] == "in_call"
+
+
+def test_cmd_call_that_fails_says_why_by_code_in_status_state_and_call_ended(
+        serve: Any) -> None:
+    served = serve("--base-url", "http://127.0.0.1:9")  # nothing listens on the discard port
+    assert served.request({"cmd": "call", "agent": "agent_that_nobody_answers"})["ok"]
+    status = served.wait_state("failed", timeout=20)
+    assert status["reason_code"] == protocol.AGENT_UNREACHABLE, status
+    served.collect(1.0)
+    failed = [e for e in served.named(protocol.EVENT_STATE) if e["state"] == "failed"]
+    assert failed and failed[-1]["reason_code"] == protocol.AGENT_UNREACHABLE
+    assert served.named(protocol.EVENT_CALL_ENDED)[-1]["reason_code"] == \
+        protocol.AGENT_UNREACHABLE
 
 
 def test_audio_process_killed_mid_call_fails_the_call_and_a_fresh_one_serves_the_next(
@@ -236,6 +252,7 @@ def test_fuzzed_requests_never_crash_the_controller_or_break_the_call(serve: Any
         assert isinstance(reply["ok"], bool)
         if not reply["ok"]:
             assert reply["error"] and "\n" not in reply["error"]
+            assert reply["code"] in protocol.ERROR_CODES
 
     try:
         one()

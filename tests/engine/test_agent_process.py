@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import zmq
 
+from callctl.engine import protocol
 from callctl.engine.agent_server.voice import Voice
 from callctl.engine.audio_client import AudioProcess, ControlClient
 from callctl.engine.wavfile import GrowingWav, read_wav
@@ -163,7 +164,7 @@ def end_and_reap(rig: Rig, grace: float = 2.0) -> tuple[float, bool]:
     return time.monotonic() - t, killed
 
 
-def test_greeting_turn_and_cooperative_end(rig_factory: Any) -> None:
+def test_cmd_start_greeting_turn_and_cmd_end(rig_factory: Any) -> None:
     rig = rig_factory(speech_at=7.0)
     assert rig.start_call()["ok"]
     rig.collect(14.0)
@@ -248,13 +249,14 @@ def test_wrong_agent_audio_format_ends_the_session(rig_factory: Any) -> None:
     assert not np.count_nonzero(np.abs(samples.astype(np.int32)) > 33)
 
 
-def test_prepare_builds_the_session_before_the_call_and_start_uses_the_matching_one(
+def test_cmd_prepare_builds_the_session_before_the_call_and_cmd_start_uses_the_matching_one(
         rig_factory: Any) -> None:
     rig = rig_factory(speech_at=30)
     fields = {"agent_id": "local", "rings": rig.prefix, "base_url": rig.base_url,
               "requires_auth": False}
     bad = rig.agent_ctl.request({"cmd": "prepare", **fields, "rings": "callctl-no-such-ring"})
     assert not bad["ok"] and bad["error"].startswith("prepare failed")
+    assert bad["code"] == protocol.AGENT_FAILED  # the rings are missing: not the service
     # Prepared for a service that is not there, then for the right one: start must use the
     # last (a start on the first would never connect).
     nowhere = {**fields, "base_url": "http://127.0.0.1:9"}

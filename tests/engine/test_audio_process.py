@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from callctl.engine import protocol
 from callctl.engine.audio_client import AudioProcess
 from callctl.engine.ring import AudioRing
 from callctl.engine.wavfile import read_wav
@@ -64,7 +65,8 @@ def wait_for_file_frames(path: Path, frames: int, timeout: float = 3.0) -> None:
         time.sleep(0.05)
 
 
-def test_hangup_silences_within_one_period_plus_fade(audio: AudioProcess, tmp_path: Path) -> None:
+def test_cmd_hangup_silences_within_one_period_plus_fade(audio: AudioProcess,
+                                                         tmp_path: Path) -> None:
     assert audio.request({"cmd": "start"})["ok"]
     play = AudioRing.attach(audio.ring_prefix + "-play")
     try:
@@ -99,7 +101,7 @@ def test_hangup_silences_within_one_period_plus_fade(audio: AudioProcess, tmp_pa
     assert not samples[end + FADE :].any(), "true zero after the fade"
 
 
-def test_hangup_is_idempotent_and_works_when_stopped(audio: AudioProcess) -> None:
+def test_cmd_hangup_is_idempotent_and_works_when_stopped(audio: AudioProcess) -> None:
     reply = audio.request({"cmd": "hangup"})
     assert reply["ok"] and not reply["was_running"]
     assert audio.request({"cmd": "start"})["ok"]
@@ -108,7 +110,7 @@ def test_hangup_is_idempotent_and_works_when_stopped(audio: AudioProcess) -> Non
     assert [r["was_running"] for r in replies] == [True, False, False, False, False]
 
 
-def test_flush_drops_queued_playback_and_keeps_streaming(audio: AudioProcess) -> None:
+def test_cmd_flush_drops_queued_playback_and_keeps_streaming(audio: AudioProcess) -> None:
     assert audio.request({"cmd": "start"})["ok"]
     play = AudioRing.attach(audio.ring_prefix + "-play")
     try:
@@ -218,6 +220,7 @@ def test_bad_requests_get_errors_and_do_not_disturb(audio: AudioProcess) -> None
             assert sock.poll(2000)
             reply = json.loads(sock.recv())
             assert reply["ok"] is False and reply["error"] and "\n" not in reply["error"]
+            assert reply["code"] in (protocol.BAD_REQUEST, protocol.UNKNOWN_COMMAND), reply
     finally:
         sock.close()
     assert audio.request({"cmd": "ping"})["ok"]

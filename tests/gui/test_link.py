@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from callctl.engine import protocol
 from callctl.gui.link import ControllerLink
 
 
@@ -72,7 +73,8 @@ def test_a_silent_controller_is_reported_and_the_link_recovers(
         qtbot.waitUntil(lambda: len(replies) == 2, timeout=3000)
     finally:
         os.kill(served.proc.pid, signal.SIGCONT)
-    assert all(r["ok"] is False and r["timeout"] for r in replies)
+    assert all(r["ok"] is False and r["timeout"] and r["code"] == protocol.NOT_RESPONDING
+               for r in replies)
     assert "controller not responding" in replies[0]["error"] and "'status'" in replies[0]["error"]
     assert problems and "not responding" in problems[0]
     # The controller answers again: a late reply to the old requests must not be taken for

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from callctl.controller.options import add_controller_options
+from callctl.engine import protocol
 from callctl.gui import devices, messages, settings
 from callctl.gui.app import build_parser
 from callctl.gui.controller_process import ServeConfig
@@ -116,11 +117,13 @@ def test_wording() -> None:
     assert messages.dbfs(None) == "−∞ dB" and messages.dbfs(-12.4) == "−12 dB"
     assert messages.clean_reason("the agent disconnected ([Errno 111] Connection refused)") \
         == "the agent disconnected (Connection refused)"
-    assert "API key" in messages.hint("websocket rejected: HTTP 401")
-    assert "microphone" in messages.hint("audio process: no audio devices found")
-    assert "--attach" in messages.hint("another controller is already serving ipc:///x")
-    assert "could not be reached" in messages.hint("the agent disconnected (Connection refused)")
-    assert messages.hint("all good") == ""
+    # Hints are chosen by the error's code, never by its words.
+    assert "API key" in messages.hint(protocol.AGENT_AUTH)
+    assert "microphone" in messages.hint(protocol.AUDIO)
+    assert "--attach" in messages.hint(protocol.ENDPOINT_TAKEN)
+    assert "could not be reached" in messages.hint(protocol.AGENT_UNREACHABLE)
+    assert messages.hint("websocket rejected: HTTP 401") == ""
+    assert messages.hint(protocol.NO_CALL) == "" and messages.hint(None) == ""
 
 
 @pytest.mark.parametrize(("db", "expected"), [(None, 0.0), (-90.0, 0.0), (-60.0, 0.0),

@@ -13,6 +13,7 @@ from typing import Any
 
 from PyQt6.QtCore import Qt
 
+from callctl.engine import protocol
 from callctl.engine.audio_client import ControlClient
 from callctl.gui.loopwatch import LoopWatch
 from tests.gui.conftest import READY_TIMEOUT_MS
@@ -159,7 +160,8 @@ def test_no_audio_device_shows_why_and_choosing_the_virtual_one_recovers(
     w = gui.window
     qtbot.waitUntil(lambda: w.state_text() == "Not running", timeout=READY_TIMEOUT_MS)
     message = w.banner_message()
-    assert "audio process" in message and "exited with status 1" in message, message
+    status = protocol.SERVE_EXIT_STATUS[protocol.AUDIO]  # the window picks its hint by it
+    assert "audio process" in message and f"exited with status {status}" in message, message
     assert "Pick another microphone" in message
     assert not w.call_button.isEnabled() and not w.hangup_button.isEnabled()
     assert w.restart_button.isVisible()

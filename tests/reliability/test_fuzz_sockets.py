@@ -1,6 +1,7 @@
 """Every REP loop (controller, audio process, agent process) against hostile frame
 sequences on a real socket: multipart requests, empty frames, REQ envelopes, huge and
-out-of-range numbers, garbage. Each process must still answer ``ping`` afterwards.
+out-of-range numbers, garbage. Each process must still answer ``ping`` afterwards, and
+every error reply it sent carries a ``code`` (``protocol.ERROR_CODES``) beside its sentence.
 
 `make test` sends 1,000 sequences to each; `make soak` 10,000
 (``CALLCTL_FUZZ_EXAMPLES``). The generator is seeded, so a failure repeats.
@@ -55,8 +56,18 @@ def hostile_message(rng: random.Random, commands: list[str]) -> list[bytes]:
     return frames
 
 
+def check_reply(frames: list[bytes]) -> None:
+    """A reply as a DEALER sees it (``[b"", json]``, or more envelope first): JSON with
+    ``ok``; an error with a one-line sentence and a known code."""
+    reply = json.loads(frames[-1])
+    assert isinstance(reply["ok"], bool), reply
+    if not reply["ok"]:
+        assert reply["error"] and "\n" not in reply["error"], reply
+        assert reply.get("code") in protocol.ERROR_CODES, reply
+
+
 def fuzz(endpoint: str, commands: dict[str, Any], seed: int) -> None:
-    """Send ``CASES`` hostile messages from a DEALER, reading whatever comes back."""
+    """Send ``CASES`` hostile messages from a DEALER, checking whatever comes back."""
     rng = random.Random(seed)
     names = sorted(c for c in commands if c not in ("shutdown", "end", "hangup", "start",
                                                     "call", "prepare"))
@@ -69,13 +80,13 @@ def fuzz(endpoint: str, commands: dict[str, Any], seed: int) -> None:
             if i % 50 == 0:
                 time.sleep(0.01)  # let the loop turn: replies and the call go on
             while dealer.poll(0):
-                dealer.recv_multipart()
+                check_reply(dealer.recv_multipart())
         # Let the process work through what is queued (bounded): then it must answer.
         quiet_until = time.monotonic() + 1.0
         give_up = time.monotonic() + 60
         while time.monotonic() < min(quiet_until, give_up):
             if dealer.poll(100):
-                dealer.recv_multipart()
+                check_reply(dealer.recv_multipart())
                 quiet_until = time.monotonic() + 1.0
     finally:
         dealer.close(0)

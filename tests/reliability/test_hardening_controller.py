@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from callctl.engine import protocol
+
 
 def test_a_call_folder_that_cannot_be_made_fails_the_call_not_the_controller(
         serve: Any, few_inodes: Path) -> None:
@@ -118,7 +120,8 @@ def test_a_second_controller_never_takes_the_endpoint_of_a_busy_first(
             capture_output=True, text=True, timeout=30)
     finally:
         os.kill(first.proc.pid, signal.SIGCONT)
-    assert second.returncode != 0
+    # The window picks its hint by the status.
+    assert second.returncode == protocol.SERVE_EXIT_STATUS[protocol.ENDPOINT_TAKEN]
     assert "another controller is already serving" in second.stderr, second.stderr
     assert socket_path.exists(), "the second one unlinked the first's socket"
     assert first.request({"cmd": "ping"})["ok"], "the first still serves its endpoint"
