@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from callctl.controller.options import add_controller_options
-from callctl.gui import devices, messages, settings
+from callctl.gui import device_pickers as devices
+from callctl.gui import messages, settings
 from callctl.gui.app import build_parser
 from callctl.gui.controller_process import ServeConfig
 from callctl.gui.meters import LevelMeter, fraction
