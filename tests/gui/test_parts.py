@@ -31,7 +31,7 @@ def test_controller_options_pass_through_to_serve_and_virtual_ones_only_with_vir
                           "--agent-server-arg=--fault=stall", "--agent-server-arg=--port=0",
                           "--base-url", "http://127.0.0.1:9", "--attach")
     argv = config.argv()
-    assert argv[:6] == [sys.executable, "-m", "callctl.controller.cli", "serve", "--endpoint",
+    assert argv[:6] == [sys.executable, "-m", "callctl.cli", "serve", "--endpoint",
                         "ipc:///x/control"]
     for expected in ("--device=virtual", "--mic=m.wav", "--speaker=s.wav", "--record-dir=/r",
                      "--no-aec", "--kill-after=1.5", "--agent-server-arg=--fault=stall",

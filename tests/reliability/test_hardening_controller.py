@@ -298,4 +298,5 @@ def test_devices_never_holds_up_the_loop(serve: Any) -> None:
         time.sleep(0.2)
     listing = served.request({"cmd": "devices"})
     assert isinstance(listing["devices"], list)
-    assert listing["devices"] or listing.get("listing_error"), listing
+    # The listing child ran and answered (the machine may have no device at all).
+    assert "listing_error" not in listing, listing
