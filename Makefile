@@ -39,7 +39,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml | system
 	touch $@
 
 lint: venv
-	$(BIN)/ruff check engine controller gui tests bench testing
+	$(BIN)/ruff check engine controller gui cli tests bench testing callctl
 	$(BIN)/mypy callctl bench testing
 
 test: setup lint

@@ -21,7 +21,7 @@ def measure() -> dict[str, Any]:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from PyQt6.QtWidgets import QApplication
 
-    from callctl.controller.demo import write_caller
+    from callctl.cli.demo import write_caller
     from callctl.gui.app import build, prepare_application
     from callctl.gui.loopwatch import LoopWatch
 

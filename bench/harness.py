@@ -48,7 +48,7 @@ class ControllerOnPulse:
         self.observer = PlaybackObserver(self.pulse).start()
         self.endpoint = f"ipc://{self.tmp}/control"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "callctl.controller.cli", "serve", "--endpoint", self.endpoint,
+            [sys.executable, "-m", "callctl.cli", "serve", "--endpoint", self.endpoint,
              "--device", "pulse", "--record-dir", str(self.tmp / "calls"), *serve_args],
             stdout=subprocess.DEVNULL, stderr=open(self.tmp / "serve.log", "w"),  # noqa: SIM115
             env=self.pulse.child_env())

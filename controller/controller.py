@@ -14,7 +14,7 @@ agent: its session built before the call), the call's agent process, and
 the local agent server when the agent is ``local`` (started with the
 controller, so the standby can be prepared for the first call).
 
-The hangup (DESIGN.md): the agent is told to end (a message that waits for
+The hangup: the agent is told to end (a message that waits for
 nothing, sent first); the audio process silences and stops at once (one
 local request); the reply goes out; at ``kill_after`` seconds after the
 hangup arrived, an agent still alive is SIGKILLed and reaped; then

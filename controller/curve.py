@@ -4,7 +4,7 @@ A controller binds ``tcp://`` on a non-loopback address only with CurveZMQ:
 every connection is encrypted and only clients whose public key lies in the
 authorised directory may talk to it at all (ZAP, ``zmq.auth``). The key
 directory (``--curve-dir`` or ``$CALLCTL_CURVE_DIR``), made by
-``callctl keys DIR``::
+``callctl keys DIR`` (``callctl.cli.keys_command``)::
 
     DIR/server.key            the controller's public key (give it to clients)
     DIR/server.key_secret     the controller's key pair (keep it on the server)
@@ -21,11 +21,9 @@ secret files are created 0600 (``O_EXCL``), never written wider and narrowed.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import stat
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,23 +160,3 @@ def generate(directory: Path) -> None:
         _write_key(directory / f"{name}.key_secret", public, secret)
         if name == "client":
             _write_key(authorized / "client.key", public, None)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="callctl keys",
-        description="Make CurveZMQ keys so a controller can listen beyond loopback: "
-        "`callctl serve --endpoint tcp://0.0.0.0:5555 --curve-dir DIR`; clients use "
-        "`--curve-dir DIR` (or $CALLCTL_CURVE_DIR) with client.key_secret and server.key.")
-    p.add_argument("directory", type=Path)
-    args = p.parse_args(argv)
-    if (args.directory / "server.key_secret").exists():
-        print(f"callctl keys: {args.directory} already holds keys", file=sys.stderr)
-        return 2
-    try:
-        generate(args.directory)
-    except (CurveError, OSError) as exc:
-        print(f"callctl keys: {exc}", file=sys.stderr)
-        return 2
-    print(f"keys written to {args.directory} (authorized: {args.directory / 'authorized'})")
-    return 0

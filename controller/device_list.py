@@ -3,9 +3,9 @@
 Listing PortAudio's devices initialises PortAudio, which probes ALSA and JACK and
 can take seconds; done in the controller's loop (or in the audio process, whose
 loop answers hangups too) it would hold a hangup queued behind it. So a child
-process lists them (``python -m callctl.controller.devices --json``), a thread waits for
-it, and the loop only ever reads the last answer. Loop thread: ``current``,
-``refresh``; the waiting thread sets the result.
+process lists them (``python -m callctl.controller.device_list``: the listing as
+JSON on stdout), a thread waits for it, and the loop only ever reads the last
+answer. Loop thread: ``current``, ``refresh``; the waiting thread sets the result.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class DeviceList:
 
     def _list(self) -> None:
         try:
-            done = subprocess.run([sys.executable, "-m", "callctl.controller.devices", "--json"],
+            done = subprocess.run([sys.executable, "-m", "callctl.controller.device_list"],
                                   capture_output=True, text=True, timeout=LIST_TIMEOUT_S,
                                   env=self._env, stdin=subprocess.DEVNULL)
             if done.returncode != 0:
@@ -67,3 +67,15 @@ class DeviceList:
         except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
             self._error = f"cannot list audio devices: {exc}"
         self._at = time.monotonic()
+
+
+def main() -> int:
+    """The child's side: print every backend's devices as one JSON list."""
+    from callctl.engine.audio_process import list_all_devices
+
+    print(json.dumps(list_all_devices()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

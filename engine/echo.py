@@ -1,7 +1,7 @@
 """Acoustic echo cancellation on the capture path: the agent must not hear itself.
 
 ``EchoCanceller`` wraps WebRTC's audio processing module (AEC3 echo
-cancellation and high-pass filter; noise suppression on request), as LiveKit
+cancellation and high-pass filter; noise suppression when asked), as LiveKit
 ships it (``livekit.rtc.AudioProcessingModule``). It works on exact 10 ms frames
 (``FRAME`` = 160 samples at 16 kHz, int16 mono): for each frame, first the
 *reference* (far end: exactly what the device callback sent to the speaker)
@@ -43,12 +43,13 @@ the cancelled signal is only what the agent hears.
 a thread of its own with time to spare (the native PulseAudio backend): in the
 handler, a few frames at a time.
 
-Noise suppression is off in ``EchoCanceller`` unless asked for (the audio
-process asks for it unless ``--no-noise-suppression``): echo cancellation does not need it
+Noise suppression is off in ``EchoCanceller`` unless asked for, and the audio
+process asks for it: in a call it is on unless ``--no-noise-suppression``. Echo
+cancellation itself does not need it
 (without it the residual echo stays below −58 dBFS, 18 dB under the local
 agent's −40 dBFS voice threshold), it costs the caller about 1.5 dB, and it
 takes steady tones for noise (−8 dB on a 1 kHz test tone from the first
-frame, −12 dB after a second). ``--noise-suppression`` turns it on for noisy rooms.
+frame, −12 dB after a second), hence the switch to turn it off.
 """
 
 from __future__ import annotations

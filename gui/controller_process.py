@@ -55,7 +55,7 @@ class ServeConfig:
     """Every other controller option, as given."""
 
     def argv(self) -> list[str]:
-        cmd = [sys.executable, "-m", "callctl.controller.cli", "serve", "--endpoint", self.endpoint]
+        cmd = [sys.executable, "-m", "callctl.cli", "serve", "--endpoint", self.endpoint]
         if self.device is not None:
             cmd.append(f"--device={self.device}")
         if self.device == VIRTUAL:

@@ -16,6 +16,9 @@ call's measured hangup timings and recording.
 Hang up acts on *press* (``QPushButton.pressed``), as does its shortcut,
 because the whole point of callctl is that the agent's voice is gone the
 moment you decide: Esc or Ctrl+H. Call: Ctrl+Return.
+
+The panels are built in ``gui/panels.py``, the look is ``gui/style.py``; this
+module is what the window does.
 """
 
 from __future__ import annotations
@@ -26,87 +29,24 @@ from pathlib import Path
 from typing import Any
 
 from PyQt6.QtCore import QSize, Qt, QTimer, QUrl
-from PyQt6.QtGui import QCloseEvent, QDesktopServices, QFont, QKeySequence, QShortcut
-from PyQt6.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QFormLayout,
-    QFrame,
-    QGridLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QMainWindow,
-    QPlainTextEdit,
-    QProgressBar,
-    QPushButton,
-    QSizePolicy,
-    QVBoxLayout,
-    QWidget,
-)
+from PyQt6.QtGui import QCloseEvent, QDesktopServices, QKeySequence, QShortcut
+from PyQt6.QtWidgets import QHBoxLayout, QMainWindow, QVBoxLayout, QWidget
 
 from callctl.engine import protocol
-from callctl.gui import devices as device_choices
-from callctl.gui import messages
-from callctl.gui.devices import Choice
-from callctl.gui.meters import LevelMeter
+from callctl.engine.protocol import POSTCALL_FINAL_STAGES
+from callctl.gui import device_pickers as device_choices
+from callctl.gui import messages, panels
+from callctl.gui.device_pickers import Choice
+from callctl.gui.panels import CALL_KEYS, HANGUP_KEYS
 from callctl.gui.session import IDLE_STATES, Session
 from callctl.gui.settings import LOCAL_AGENT, GuiSettings
 from callctl.gui.settings import save as save_settings
 from callctl.gui.settings import save_later as save_settings_later
 from callctl.gui.settings import start_writer as start_settings_writer
+from callctl.gui.style import AGENT_COLOR, CALLER_COLOR, COLORS, STYLE, restyle
 
-CALL_KEYS: tuple[str, ...] = ("Ctrl+Return", "Ctrl+Enter")
-HANGUP_KEYS: tuple[str, ...] = ("Esc", "Ctrl+H")
-
-COLORS = {
-    "idle": "#64748b",
-    "busy": "#d97706",
-    "live": "#16a34a",
-    "bad": "#dc2626",
-}
-AGENT_COLOR = "#2563eb"
-CALLER_COLOR = "#15803d"
-FINAL_POSTCALL_STAGES = {"done", "failed", "cancelled"}
 START_NEWS_GRACE_MS = 3000
 """After ``call`` is answered, how long "Calling…" waits for the call's first state event."""
-
-STYLE = """
-QFrame#header { background: palette(base); border: none;
-                border-bottom: 1px solid palette(midlight); }
-QLabel#state { font-weight: 600; }
-QLabel#detail, QLabel#hint { color: palette(placeholder-text); }
-QLabel#timer { font-weight: 500; }
-QFrame#banner { background: #fef2f2; border: 1px solid #fca5a5; border-radius: 6px; }
-QFrame#banner QLabel { color: #7f1d1d; background: transparent; }
-QFrame#banner QLabel#bannerHint { color: #991b1b; }
-QPushButton#call, QPushButton#hangup {
-    font-weight: 600; border-radius: 8px; padding: 8px 18px; color: white; border: none; }
-QPushButton#call { background: #16a34a; }
-QPushButton#call:hover { background: #15803d; }
-QPushButton#call:pressed { background: #166534; }
-QPushButton#hangup { background: #dc2626; }
-QPushButton#hangup:hover { background: #b91c1c; }
-QPushButton#hangup:pressed { background: #991b1b; }
-QPushButton#call:disabled, QPushButton#hangup:disabled {
-    background: palette(midlight); color: palette(placeholder-text); }
-QGroupBox { font-weight: 600; }
-QGroupBox QLabel, QGroupBox QCheckBox, QGroupBox QComboBox, QGroupBox QLineEdit {
-    font-weight: normal; }
-"""
-
-
-def _scaled_font(widget: QWidget, factor: float, weight: QFont.Weight | None = None,
-                 mono: bool = False) -> QFont:
-    font = QFont(widget.font())
-    if mono:
-        font.setStyleHint(QFont.StyleHint.Monospace)
-        font.setFamilies(["DejaVu Sans Mono", "Menlo", "Consolas", "monospace"])
-    font.setPointSizeF(font.pointSizeF() * factor)
-    if weight is not None:
-        font.setWeight(weight)
-    return font
 
 
 class MainWindow(QMainWindow):
@@ -142,6 +82,7 @@ class MainWindow(QMainWindow):
     # -- building ------------------------------------------------------------------
 
     def _build(self) -> None:
+        """Make the panels (``gui/panels.py``) and keep the widgets the window drives."""
         self.setWindowTitle("callctl")
         self.setStyleSheet(STYLE)
         root = QWidget(self)
@@ -149,257 +90,49 @@ class MainWindow(QMainWindow):
         outer = QVBoxLayout(root)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.setSpacing(0)
-        outer.addWidget(self._build_header())
+        header = panels.build_header(self)
+        self.dot, self.state_label = header.dot, header.state
+        self.detail_label, self.timer_label = header.detail, header.timer
+        outer.addWidget(header.frame)
         body = QVBoxLayout()
         body.setContentsMargins(16, 12, 16, 16)
         body.setSpacing(12)
         outer.addLayout(body, 1)
-        body.addWidget(self._build_banner())
-        body.addLayout(self._build_controls())
-        body.addLayout(self._build_meters())
+        banner = panels.build_banner(self)
+        self.banner, self.banner_title = banner.frame, banner.title
+        self.banner_text, self.banner_hint = banner.text, banner.hint
+        self.restart_button, self.dismiss_button = banner.restart_button, banner.dismiss_button
+        body.addWidget(banner.frame)
+        controls = panels.build_controls(self)
+        self.call_button, self.hangup_button = controls.call_button, controls.hangup_button
+        body.addLayout(controls.grid)
+        meters = panels.build_meters(self)
+        self.mic_meter, self.speaker_meter = meters.mic_meter, meters.speaker_meter
+        self.mic_level, self.speaker_level = meters.mic_level, meters.speaker_level
+        body.addLayout(meters.grid)
         lower = QHBoxLayout()
         lower.setSpacing(16)
-        lower.addWidget(self._build_transcript(), 3)
+        transcript_box, self.transcript = panels.build_transcript(self)
+        lower.addWidget(transcript_box, 3)
+        setup = panels.build_setup(self, self.settings)
+        self.agent_combo, self.mic_combo = setup.agent_combo, setup.mic_combo
+        self.speaker_combo = setup.speaker_combo
+        self.clone_check, self.clone_name = setup.clone_check, setup.clone_name
+        postcall = panels.build_postcall(self)
+        self.postcall_box, self.postcall_label = postcall.box, postcall.label
+        self.postcall_progress, self.clone_cancel = postcall.progress, postcall.clone_cancel
+        self.hangup_details = details = panels.build_hangup_details(self)
+        self.timing_labels = details.timing_labels
+        self.recording_label = details.recording_label
+        self.open_folder_button = details.open_folder_button
         side = QVBoxLayout()
         side.setSpacing(12)
-        side.addWidget(self._build_setup())
-        side.addWidget(self._build_postcall())
-        side.addWidget(self._build_details())
+        for box in (setup.box, postcall.box, details.box):
+            side.addWidget(box)
         side.addStretch(1)
         lower.addLayout(side, 2)
         body.addLayout(lower, 1)
         self.resize(self.sizeHint())  # the layout keeps it from shrinking below its minimum
-
-    def _build_header(self) -> QWidget:
-        header = QFrame(self)
-        header.setObjectName("header")
-        row = QHBoxLayout(header)
-        row.setContentsMargins(20, 14, 20, 14)
-        row.setSpacing(14)
-        self.dot = QLabel("●", header)
-        self.dot.setFont(_scaled_font(self, 2.0))
-        self.dot.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        row.addWidget(self.dot, 0, Qt.AlignmentFlag.AlignVCenter)
-        texts = QVBoxLayout()
-        texts.setSpacing(2)
-        self.state_label = QLabel("Starting…", header)
-        self.state_label.setObjectName("state")
-        self.state_label.setFont(_scaled_font(self, 1.9, QFont.Weight.DemiBold))
-        self.detail_label = QLabel("", header)
-        self.detail_label.setObjectName("detail")
-        self.detail_label.setTextFormat(Qt.TextFormat.PlainText)
-        self.detail_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        texts.addWidget(self.state_label)
-        texts.addWidget(self.detail_label)
-        row.addLayout(texts, 1)
-        self.timer_label = QLabel("00:00", header)
-        self.timer_label.setObjectName("timer")
-        self.timer_label.setFont(_scaled_font(self, 2.3, QFont.Weight.Medium, mono=True))
-        self.timer_label.setToolTip("Time in call")
-        row.addWidget(self.timer_label, 0, Qt.AlignmentFlag.AlignVCenter)
-        return header
-
-    def _build_banner(self) -> QWidget:
-        self.banner = QFrame(self)
-        self.banner.setObjectName("banner")
-        row = QHBoxLayout(self.banner)
-        row.setContentsMargins(12, 10, 10, 10)
-        row.setSpacing(10)
-        icon = QLabel("⚠", self.banner)
-        icon.setFont(_scaled_font(self, 1.4))
-        row.addWidget(icon, 0, Qt.AlignmentFlag.AlignTop)
-        texts = QVBoxLayout()
-        texts.setSpacing(4)
-        self.banner_title = QLabel("", self.banner)
-        self.banner_title.setFont(_scaled_font(self, 1.0, QFont.Weight.DemiBold))
-        self.banner_title.setWordWrap(True)
-        self.banner_text = QLabel("", self.banner)
-        self.banner_text.setWordWrap(True)
-        self.banner_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.banner_text.setFont(_scaled_font(self, 0.92, mono=True))
-        self.banner_hint = QLabel("", self.banner)
-        self.banner_hint.setObjectName("bannerHint")
-        self.banner_hint.setWordWrap(True)
-        for label in (self.banner_title, self.banner_text, self.banner_hint):
-            label.setTextFormat(Qt.TextFormat.PlainText)
-            texts.addWidget(label)
-        row.addLayout(texts, 1)
-        buttons = QVBoxLayout()
-        self.restart_button = QPushButton("Restart engine", self.banner)
-        self.restart_button.setToolTip("Start the controller again with the devices chosen above")
-        self.dismiss_button = QPushButton("Dismiss", self.banner)
-        buttons.addWidget(self.restart_button)
-        buttons.addWidget(self.dismiss_button)
-        buttons.addStretch(1)
-        row.addLayout(buttons)
-        self.banner.hide()
-        return self.banner
-
-    def _build_controls(self) -> QGridLayout:
-        grid = QGridLayout()
-        grid.setHorizontalSpacing(12)
-        grid.setVerticalSpacing(4)
-        big = _scaled_font(self, 1.3, QFont.Weight.DemiBold)
-        em = self.fontMetrics().height()
-        self.call_button = QPushButton("Call", self)
-        self.call_button.setObjectName("call")
-        self.hangup_button = QPushButton("Hang up", self)
-        self.hangup_button.setObjectName("hangup")
-        for button, shortcuts, tip in (
-                (self.call_button, CALL_KEYS, "Call the agent"),
-                (self.hangup_button, HANGUP_KEYS,
-                 "End the call: the agent's voice stops the moment you press")):
-            button.setFont(big)
-            button.setMinimumHeight(round(em * 2.6))
-            button.setMinimumWidth(em * 9)
-            button.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-            button.setToolTip(f"{tip} ({' or '.join(_native(k) for k in shortcuts)})")
-            button.setAutoDefault(False)
-        grid.addWidget(self.call_button, 0, 0)
-        grid.addWidget(self.hangup_button, 0, 1)
-        for col, keys in ((0, CALL_KEYS[:1]), (1, HANGUP_KEYS)):
-            hint = QLabel(" or ".join(_native(k) for k in keys), self)
-            hint.setObjectName("hint")
-            hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
-            grid.addWidget(hint, 1, col)
-        return grid
-
-    def _build_meters(self) -> QGridLayout:
-        grid = QGridLayout()
-        grid.setHorizontalSpacing(10)
-        grid.setVerticalSpacing(6)
-        self.mic_meter = LevelMeter(self)
-        self.speaker_meter = LevelMeter(self)
-        self.mic_level = QLabel(messages.dbfs(None), self)
-        self.speaker_level = QLabel(messages.dbfs(None), self)
-        width = self.fontMetrics().horizontalAdvance("−60 dB ")
-        for row, (name, meter, value, tip) in enumerate((
-                ("Microphone", self.mic_meter, self.mic_level, "What the agent hears (peak)"),
-                ("Speaker", self.speaker_meter, self.speaker_level, "What the agent says (peak)"))):
-            label = QLabel(name, self)
-            label.setToolTip(tip)
-            meter.setToolTip(f"{tip}, −60 to 0 dBFS; the mark and the figure hold the peak "
-                             "for 1.5 s")
-            value.setMinimumWidth(width)
-            value.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-            value.setFont(_scaled_font(self, 1.0, mono=True))
-            grid.addWidget(label, row, 0)
-            grid.addWidget(meter, row, 1)
-            grid.addWidget(value, row, 2)
-        grid.setColumnStretch(1, 1)
-        return grid
-
-    def _build_transcript(self) -> QWidget:
-        box = QGroupBox("Transcript", self)
-        lay = QVBoxLayout(box)
-        self.transcript = QPlainTextEdit(box)
-        self.transcript.setReadOnly(True)
-        self.transcript.setPlaceholderText("What you and the agent say appears here.")
-        self.transcript.setMaximumBlockCount(5000)
-        self.transcript.setFrameShape(QFrame.Shape.NoFrame)
-        font = QFont(self.font())
-        font.setPointSizeF(font.pointSizeF() * 1.08)
-        self.transcript.setFont(font)
-        lay.addWidget(self.transcript)
-        return box
-
-    def _build_setup(self) -> QWidget:
-        box = QGroupBox("Call setup", self)
-        form = QFormLayout(box)
-        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-        self.agent_combo = QComboBox(box)
-        self.agent_combo.setEditable(True)
-        self.agent_combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
-        self.agent_combo.addItem(LOCAL_AGENT)
-        for agent in self.settings.recent_agents:
-            self.agent_combo.addItem(agent)
-        self.agent_combo.setCurrentText(self.settings.agent)
-        line = self.agent_combo.lineEdit()
-        if line is not None:
-            line.setPlaceholderText("local, or an ElevenLabs agent id")
-        self.agent_combo.setToolTip("'local' is the offline agent; or type an ElevenLabs agent "
-                                    "id (the API key comes from ELEVENLABS_API_KEY or "
-                                    "~/.config/callctl/config.toml). Remembered.")
-        form.addRow("Agent", self.agent_combo)
-        self.mic_combo = QComboBox(box)
-        self.speaker_combo = QComboBox(box)
-        for combo in (self.mic_combo, self.speaker_combo):
-            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-            combo.setMinimumContentsLength(12)
-        form.addRow("Microphone", self.mic_combo)
-        form.addRow("Speaker", self.speaker_combo)
-        clone_row = QHBoxLayout()
-        self.clone_check = QCheckBox("Clone my voice as", box)
-        self.clone_check.setToolTip("After the call, clone your voice from the recording on "
-                                    "ElevenLabs under this name (needs an API key)")
-        self.clone_name = QLineEdit(self.settings.clone_name, box)
-        self.clone_name.setPlaceholderText("voice name")
-        self.clone_name.setEnabled(False)
-        clone_row.addWidget(self.clone_check)
-        clone_row.addWidget(self.clone_name, 1)
-        form.addRow(clone_row)
-        return box
-
-    def _build_postcall(self) -> QWidget:
-        self.postcall_box = QGroupBox("After the call", self)
-        self.postcall_box.setToolTip("The call's folder is filled (recording, the caller's "
-                                     "speech, transcript, summary); with “Clone my voice”, "
-                                     "the voice is cloned")
-        lay = QVBoxLayout(self.postcall_box)
-        self.postcall_label = QLabel("", self.postcall_box)
-        self.postcall_label.setWordWrap(True)
-        self.postcall_label.setTextFormat(Qt.TextFormat.PlainText)
-        self.postcall_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        row = QHBoxLayout()
-        self.postcall_progress = QProgressBar(self.postcall_box)
-        self.postcall_progress.setRange(0, 1000)
-        self.postcall_progress.setTextVisible(False)
-        self.postcall_progress.setMaximumHeight(max(8, self.fontMetrics().height() // 2))
-        self.clone_cancel = QPushButton("Cancel clone", self.postcall_box)
-        self.clone_cancel.setToolTip("Stop cloning the voice (the call's files are kept)")
-        self.clone_cancel.hide()
-        row.addWidget(self.postcall_progress, 1)
-        row.addWidget(self.clone_cancel)
-        lay.addWidget(self.postcall_label)
-        lay.addLayout(row)
-        self.postcall_box.hide()
-        return self.postcall_box
-
-    def _build_details(self) -> QWidget:
-        box = QGroupBox("Last hangup", self)
-        box.setToolTip("Measured by the controller, from the moment the hangup reached it")
-        form = QFormLayout(box)
-        form.setLabelAlignment(Qt.AlignmentFlag.AlignLeft)
-        self.timing_labels: dict[str, QLabel] = {}
-        mono = _scaled_font(self, 1.0, mono=True)
-        for key, name, tip in (
-                ("ended", "Ended", "Why the last call ended"),
-                ("audio_silent_ms", "Audio silent", "Hangup → the speaker faded to silence"),
-                ("stream_stopped_ms", "Stream stopped", "Hangup → the audio stream stopped"),
-                ("agent_exited_ms", "Agent exited", "Hangup → the agent process was reaped"),
-                ("total_ms", "Total", "Hangup → everything stopped")):
-            label = QLabel("—", box)
-            label.setToolTip(tip)
-            if key != "ended":
-                label.setFont(mono)
-            label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-            name_label = QLabel(name, box)
-            name_label.setToolTip(tip)
-            form.addRow(name_label, label)
-            self.timing_labels[key] = label
-        self.timing_labels["ended"].setWordWrap(True)
-        rec_row = QHBoxLayout()
-        self.recording_label = QLabel("—", box)
-        self.recording_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.recording_label.setSizePolicy(QSizePolicy.Policy.Ignored,
-                                           QSizePolicy.Policy.Preferred)
-        self.open_folder_button = QPushButton("Open folder", box)
-        self.open_folder_button.setToolTip("Show the call's folder (recording, transcript)")
-        self.open_folder_button.setEnabled(False)
-        rec_row.addWidget(self.recording_label, 1)
-        rec_row.addWidget(self.open_folder_button)
-        form.addRow("Recording", rec_row)
-        return box
 
     # -- wiring --------------------------------------------------------------------
 
@@ -672,33 +405,8 @@ class MainWindow(QMainWindow):
 
     def _show_ended(self, event: dict[str, Any], announce: bool) -> None:
         self.last_ended = event
-        timings = event.get("timings") if isinstance(event.get("timings"), dict) else {}
-        assert isinstance(timings, dict)
+        self._recording = self.hangup_details.show(event)
         reason = event.get("reason")
-        labels = self.timing_labels
-        labels["ended"].setText(messages.ended_reason(reason if isinstance(reason, str)
-                                                      else None))
-        for key in ("audio_silent_ms", "stream_stopped_ms", "total_ms"):
-            labels[key].setText(messages.milliseconds(timings.get(key)))
-        exited = messages.milliseconds(timings.get("agent_exited_ms"))
-        if timings.get("agent_killed"):
-            labels["agent_exited_ms"].setText(f"{exited} (killed)")
-            labels["agent_exited_ms"].setStyleSheet(f"color: {COLORS['busy']}")
-        else:
-            labels["agent_exited_ms"].setText(exited)
-            labels["agent_exited_ms"].setStyleSheet("")
-        recording = event.get("recording")
-        if isinstance(recording, str) and recording:
-            self._recording = Path(recording)
-            self.recording_label.setText(self._recording.name)
-            self.recording_label.setToolTip(recording)
-            self.open_folder_button.setEnabled(True)
-            self.open_folder_button.setToolTip(f"Open {self._recording.parent}")
-        else:
-            self._recording = None
-            self.recording_label.setText("none")
-            self.recording_label.setToolTip("")
-            self.open_folder_button.setEnabled(False)
         if announce and isinstance(reason, str) and reason not in messages.ENDED_NORMALLY:
             text = messages.clean_reason(reason)
             errors = [messages.clean_reason(str(e)) for e in event.get("errors") or []
@@ -718,7 +426,7 @@ class MainWindow(QMainWindow):
         progress = _num(event.get("progress"))
         message = str(event.get("message") or stage or "working")
         clone = self._clone_names.get(call_id)
-        final = stage in FINAL_POSTCALL_STAGES
+        final = stage in POSTCALL_FINAL_STAGES
         if final and stage == "done" and event.get("voice_id"):
             text = f"Voice “{clone or 'clone'}” is ready (voice id {event['voice_id']})."
         elif final and stage == "cancelled":
@@ -802,8 +510,8 @@ class MainWindow(QMainWindow):
         title, detail, color = self._headline()
         self.state_label.setText(title)
         self.detail_label.setText(detail)
-        _restyle(self.dot, f"color: {COLORS[color]}")
-        _restyle(self.state_label, f"color: {COLORS[color]}" if color != "idle" else "")
+        restyle(self.dot, f"color: {COLORS[color]}")
+        restyle(self.state_label, f"color: {COLORS[color]}" if color != "idle" else "")
         self.call_button.setEnabled(self.can_call)
         self.hangup_button.setEnabled(self.can_hang_up)
         idle = self._call_state in IDLE_STATES and not self._call_requested
@@ -822,7 +530,7 @@ class MainWindow(QMainWindow):
         self.clone_check.setEnabled(idle)
         self.clone_name.setEnabled(idle and self.clone_check.isChecked())
         live = self._call_state == "in_call"
-        _restyle(self.timer_label, "" if live else "color: palette(placeholder-text)")
+        restyle(self.timer_label, "" if live else "color: palette(placeholder-text)")
         self.mic_meter.setEnabled(live)
         self.speaker_meter.setEnabled(live)
         self.restart_button.setVisible(self.session.owns_controller
@@ -864,16 +572,6 @@ class MainWindow(QMainWindow):
         self._tick.stop()
         self.session.close()
         super().closeEvent(event)
-
-
-def _restyle(widget: QWidget, sheet: str) -> None:
-    """``setStyleSheet`` only on a change: each call re-polishes the widget (milliseconds)."""
-    if widget.styleSheet() != sheet:
-        widget.setStyleSheet(sheet)
-
-
-def _native(key: str) -> str:
-    return QKeySequence(key).toString(QKeySequence.SequenceFormat.NativeText)
 
 
 def _num(value: object) -> float | None:

@@ -1,8 +1,8 @@
 """A private JACK server and an external JACK observer, for tests and benchmarks.
 
-PortAudio is callctl's backend on JACK, and DESIGN.md asks for it to be tested
-against a real JACK server that a fixture starts, with an observer *outside*
-the engine recording what was played (DESIGN.md, "Measurements").
+PortAudio is callctl's backend on JACK, so it is tested against a real JACK
+server that a fixture starts, with an observer *outside* the engine recording
+what was played (the figures as ``testing/measure.py`` defines them).
 
 ``JackServer``
     ``jackd -n NAME -R|-r -d dummy -r 16000 -p 160``: JACK 2 (Debian ``jackd2``)

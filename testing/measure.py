@@ -3,7 +3,8 @@
 Pure functions over a recording: ``samples`` (int16, mono) and ``times``
 (seconds of ``time.monotonic()``, the estimated moment each sample played,
 from ``PlaybackObserver.times_of`` or any observer with the same clock).
-The definitions are the project's (DESIGN.md, "Measurements"):
+The definitions are the project's, the same for every system measured
+(bench/results/report.md, "The procedure"):
 
 * **sound**: a sample whose magnitude exceeds −60 dBFS (``|x| > 32.77``).
 * **speaking at t**: the peak of the 10 ms before ``t`` is at least

@@ -106,7 +106,7 @@ def serve(tmp_path: Path, caller_speech: np.ndarray) -> Iterator[Any]:
                                speech_at if speech_at is not None else [6.0], total)
         endpoint = f"ipc://{tmp_path}/control"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "callctl.controller.cli", "serve", "--endpoint", endpoint,
+            [sys.executable, "-m", "callctl.cli", "serve", "--endpoint", endpoint,
              "--device", "virtual", "--mic", str(mic), "--speaker", str(tmp_path / "speaker.wav"),
              "--record-dir", str(tmp_path / "calls"), *extra],
             stdout=subprocess.PIPE, stderr=open(tmp_path / "serve.log", "w"),  # noqa: SIM115

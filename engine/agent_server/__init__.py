@@ -13,7 +13,7 @@ Modules: :mod:`.protocol` (message shapes), :mod:`.script` (dialogue scripts),
 HTTP), :mod:`.cli` (``main(argv)``).
 """
 
+from .conversation import SessionConfig
 from .server import AgentServer, ServerConfig
-from .session import SessionConfig
 
 __all__ = ["AgentServer", "ServerConfig", "SessionConfig"]

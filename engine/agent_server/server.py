@@ -32,10 +32,10 @@ from typing import Any
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from . import protocol as p
+from . import wire as p
+from .conversation import Session, SessionConfig
 from .http import HttpConnection, HttpRequest, HttpResponse, connection_class
 from .script import Script
-from .session import Session, SessionConfig
 from .voice import Voice
 from .voices import VOICES_ADD_PATH, VoiceLibrary
 

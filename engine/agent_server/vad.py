@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .protocol import SAMPLE_RATE
+from .wire import SAMPLE_RATE
 
 FRAME_S = 0.02
 FRAME_SAMPLES = int(SAMPLE_RATE * FRAME_S)

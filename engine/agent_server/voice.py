@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import numpy as np
 import soxr
 
-from .protocol import SAMPLE_RATE
+from .wire import SAMPLE_RATE
 
 ESPEAK = "espeak-ng"
 #: Longest time one line may take to synthesise, in seconds.

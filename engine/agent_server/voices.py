@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from .http import HttpRequest, HttpResponse
-from .protocol import API_KEY_HEADER
+from .wire import API_KEY_HEADER
 
 log = logging.getLogger("agent_server")
 

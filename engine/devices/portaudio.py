@@ -10,7 +10,7 @@ PortAudio's ALSA/JACK probing chatter on stderr is hidden unless ``verbose``.
 ALSA's sound-server plugin devices (``pulse``, ``pipewire``, and ``default``
 when a PulseAudio-protocol server answers) are refused: PortAudio 19.6 full
 duplex through them spins a core and its stop throws the server's queue away
-(DESIGN.md, "The device path on Linux"); ``--device pulse`` is the way there.
+(README.md, "The sound device"); ``--device pulse`` is the way there.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The native PulseAudio-protocol backend (PulseAudio, PipeWire's pulse server).
 
 Why: PortAudio 19.6 reaches a sound server only through ALSA's ``pulse``
-plugin, where a full-duplex stream spins a core (DESIGN.md, "The device path
-on Linux"), and stopping it throws away what the server holds, fade included.
+plugin, where a full-duplex stream spins a core (README.md, "The sound
+device"), and stopping it throws away what the server holds, fade included.
 This backend speaks the protocol through libpulse's asynchronous API
 (``libpulse.so.0``, bound here with ctypes) on one plain ``pa_mainloop`` that
 the device's own audio thread iterates: one connection (context), one record

@@ -39,10 +39,10 @@ from websockets.frames import Frame, Opcode
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from callctl.engine.agent_server import protocol as p
+from callctl.engine.agent_server import wire as p
+from callctl.engine.agent_server.conversation import SessionConfig
 from callctl.engine.agent_server.script import ScriptError, load_script, parse_script
 from callctl.engine.agent_server.server import AgentServer, ServerConfig
-from callctl.engine.agent_server.session import SessionConfig
 from callctl.engine.agent_server.vad import EnergyVad, SpeechEnd, SpeechStart
 from callctl.engine.agent_server.voice import Voice, parse_wav, resample
 

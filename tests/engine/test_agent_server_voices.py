@@ -20,7 +20,7 @@ import pytest
 from elevenlabs import ElevenLabs
 from elevenlabs.errors.unprocessable_entity_error import UnprocessableEntityError
 
-from callctl.engine.agent_server import protocol as p
+from callctl.engine.agent_server import wire as p
 from callctl.engine.agent_server.voices import VOICES_ADD_PATH, check_audio, parse_form
 from tests.engine.test_agent_server import (
     LINES,

@@ -5,8 +5,8 @@ A fixture starts a private PipeWire (``testing.pipewire.PipeWireServer``:
 16 kHz mono null sinks as speaker and microphone). The audio process opens
 ``--device pulse`` on its pulse socket, exactly as on PulseAudio, and
 ``engine.soundserver.PlaybackObserver`` (``parec`` on the speaker's monitor)
-records what was played. Figures follow DESIGN.md, "Measurements"
-(``testing.measure``). With the observer attached PipeWire's graph runs in
+records what was played. Figures follow the definitions in
+``testing.measure``. With the observer attached PipeWire's graph runs in
 5 ms cycles (the observer asks for 80 frames, the smallest request wins).
 """
 

@@ -2,7 +2,7 @@
 
 Every figure is taken by an external observer (``parec`` on the speaker's
 monitor), never from what the engine says it wrote. The click figure and the
-silence time follow DESIGN.md, "Measurements"; ``silence_after``/``click_db``
+silence time follow the definitions in ``testing/measure.py``; ``silence_after``/``click_db``
 here are local helpers (``testing/measure.py`` did not exist yet).
 """
 

@@ -13,7 +13,8 @@ import pytest
 
 from callctl.controller.options import add_controller_options
 from callctl.engine import protocol
-from callctl.gui import devices, messages, settings
+from callctl.gui import device_pickers as devices
+from callctl.gui import messages, settings
 from callctl.gui.app import build_parser
 from callctl.gui.controller_process import ServeConfig
 from callctl.gui.meters import LevelMeter, fraction
@@ -31,7 +32,7 @@ def test_controller_options_pass_through_to_serve_and_virtual_ones_only_with_vir
                           "--agent-server-arg=--fault=stall", "--agent-server-arg=--port=0",
                           "--base-url", "http://127.0.0.1:9", "--attach")
     argv = config.argv()
-    assert argv[:6] == [sys.executable, "-m", "callctl.controller.cli", "serve", "--endpoint",
+    assert argv[:6] == [sys.executable, "-m", "callctl.cli", "serve", "--endpoint",
                         "ipc:///x/control"]
     for expected in ("--device=virtual", "--mic=m.wav", "--speaker=s.wav", "--record-dir=/r",
                      "--no-aec", "--kill-after=1.5", "--agent-server-arg=--fault=stall",

@@ -190,7 +190,7 @@ def test_the_callctl_gui_command_runs_and_sigterm_stops_it_and_its_controller(
     endpoint = f"ipc://{tmp_path}/control"
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
     gui = subprocess.Popen(
-        [sys.executable, "-m", "callctl.controller.cli", "gui", "--endpoint", endpoint,
+        [sys.executable, "-m", "callctl.cli", "gui", "--endpoint", endpoint,
          "--device", "virtual", "--record-dir", str(tmp_path / "calls")],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     client = ControlClient(endpoint)

@@ -18,7 +18,7 @@ def test_the_wheel_installs_callctl_alone(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"callctl", wheel.name.split("-py")[0]
                                                 + ".dist-info"}
-    for package in ("engine", "controller", "gui"):
+    for package in ("engine", "controller", "gui", "cli"):
         assert f"callctl/{package}/__init__.py" in names, package
     assert "callctl/engine/agent_server/default_script.toml" in names, "package data"
     entry_points = zipfile.ZipFile(wheel).read(

@@ -127,7 +127,7 @@ def test_sound_server_killed_mid_call_ends_the_call(tmp_path: Path) -> None:
     with PulseServer() as pulse:
         endpoint = f"ipc://{tmp_path}/control"
         serve = subprocess.Popen(
-            [sys.executable, "-m", "callctl.controller.cli", "serve", "--endpoint", endpoint,
+            [sys.executable, "-m", "callctl.cli", "serve", "--endpoint", endpoint,
              "--device", "pulse", "--record-dir", str(tmp_path / "calls")],
             env=pulse.child_env(), stdout=subprocess.DEVNULL,
             stderr=open(tmp_path / "serve.log", "w"))  # noqa: SIM115

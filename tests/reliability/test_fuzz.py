@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from callctl.engine import protocol
-from callctl.engine.agent_server import protocol as agent_protocol
+from callctl.engine.agent_server import wire as agent_protocol
 
 # `make test` runs 1,000 cases of each fuzz; `make soak` runs 10,000 or more.
 EXAMPLES = int(os.environ.get("CALLCTL_FUZZ_EXAMPLES", "1000"))

@@ -47,7 +47,7 @@ def _free_port() -> int:
 
 def test_tcp_without_keys_needs_insecure_and_warns_when_given(tmp_path: Path) -> None:
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    base = [sys.executable, "-m", "callctl.controller.cli", "serve", "--endpoint", endpoint,
+    base = [sys.executable, "-m", "callctl.cli", "serve", "--endpoint", endpoint,
             "--device", "virtual", "--speaker", str(tmp_path / "out.wav"),
             "--record-dir", str(tmp_path / "calls"), "--no-standby"]
     refused = subprocess.run(base, capture_output=True, text=True, timeout=30)
@@ -114,7 +114,7 @@ def test_a_second_controller_never_takes_the_endpoint_of_a_busy_first(
     os.kill(first.proc.pid, signal.SIGSTOP)  # busy: it answers nothing for a while
     try:
         second = subprocess.run(
-            [sys.executable, "-m", "callctl.controller.cli", "serve", "--endpoint", first.endpoint,
+            [sys.executable, "-m", "callctl.cli", "serve", "--endpoint", first.endpoint,
              "--device", "virtual", "--speaker", str(tmp_path / "out2.wav"),
              "--record-dir", str(tmp_path / "calls2"), "--no-standby"],
             capture_output=True, text=True, timeout=30)
@@ -137,12 +137,12 @@ def test_a_full_disk_fails_the_post_call_work_loudly(serve: Any, small_disk: Pat
     failed = served.collect(20, until="postcall", where={"stage": "failed"})
     assert failed is not None and failed["call_id"] == call_id, served.named("postcall")
     assert time.monotonic() - sent < 20
-    shown = subprocess.run([sys.executable, "-m", "callctl.controller.cli", "calls", "show",
+    shown = subprocess.run([sys.executable, "-m", "callctl.cli", "calls", "show",
                             call_id,
                             "--record-dir", str(small_disk)],
                            capture_output=True, text=True, timeout=30)
     assert "post-call work failed" in shown.stdout, shown.stdout + shown.stderr
-    listed = subprocess.run([sys.executable, "-m", "callctl.controller.cli", "calls",
+    listed = subprocess.run([sys.executable, "-m", "callctl.cli", "calls",
                              "--record-dir", str(small_disk)],
                             capture_output=True, text=True, timeout=30)
     assert "(post-call failed)" in listed.stdout, listed.stdout
@@ -152,7 +152,7 @@ def test_call_clone_voice_returns_soon_with_1_when_the_post_call_work_fails(
         tmp_path: Path, small_disk: Path) -> None:
     began = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "callctl.controller.cli", "call", "--device", "virtual",
+        [sys.executable, "-m", "callctl.cli", "call", "--device", "virtual",
          "--speaker", str(tmp_path / "out.wav"), "--record-dir", str(small_disk),
          "--endpoint", f"ipc://{tmp_path}/control", "--hangup-after", "4",
          "--clone-voice", "caller", "--no-standby"],
@@ -205,7 +205,7 @@ def test_a_controller_killed_mid_call_leaves_no_segment_and_no_call_saving_forev
         return {p.name for p in Path("/dev/shm").glob(f"callctl-{pid}-*")}
 
     endpoint = f"ipc://{tmp_path}/control"
-    argv = [sys.executable, "-m", "callctl.controller.cli", "serve", "--endpoint", endpoint,
+    argv = [sys.executable, "-m", "callctl.cli", "serve", "--endpoint", endpoint,
             "--device", "virtual", "--speaker", str(tmp_path / "out.wav"),
             "--record-dir", str(tmp_path / "calls")]
     first = subprocess.Popen(argv, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -246,14 +246,14 @@ def test_a_controller_killed_mid_call_leaves_no_segment_and_no_call_saving_forev
                 assert time.monotonic() < deadline
         assert segments(first.pid) == set(), "the next controller swept them"
         # The call cut short is marked as such, not "(saving…)" for ever.
-        listed = subprocess.run([sys.executable, "-m", "callctl.controller.cli", "calls",
+        listed = subprocess.run([sys.executable, "-m", "callctl.cli", "calls",
                                  "--record-dir", str(tmp_path / "calls")],
                                 capture_output=True, text=True, timeout=20)
         assert listed.returncode == 0, listed.stderr
         assert "(post-call failed)" in listed.stdout and "saving" not in listed.stdout, \
             listed.stdout
         (folder,) = [p for p in (tmp_path / "calls").iterdir() if p.name != "logs"]
-        shown = subprocess.run([sys.executable, "-m", "callctl.controller.cli", "calls", "show",
+        shown = subprocess.run([sys.executable, "-m", "callctl.cli", "calls", "show",
                                 folder.name, "--record-dir", str(tmp_path / "calls")],
                                capture_output=True, text=True, timeout=20)
         assert "the controller stopped during the call" in shown.stdout, shown.stdout
@@ -273,7 +273,7 @@ def test_a_tcp_port_in_use_is_one_line_not_a_traceback(tmp_path: Path) -> None:
         runtime = tmp_path / "runtime"
         runtime.mkdir(mode=0o700)
         done = subprocess.run(
-            [sys.executable, "-m", "callctl.controller.cli", "serve", "--endpoint",
+            [sys.executable, "-m", "callctl.cli", "serve", "--endpoint",
              f"tcp://127.0.0.1:{port}", "--insecure", "--device", "virtual",
              "--record-dir", str(tmp_path / "calls")],
             capture_output=True, text=True, timeout=30,
@@ -301,4 +301,5 @@ def test_devices_never_holds_up_the_loop(serve: Any) -> None:
         time.sleep(0.2)
     listing = served.request({"cmd": "devices"})
     assert isinstance(listing["devices"], list)
-    assert listing["devices"] or listing.get("listing_error"), listing
+    # The listing child ran and answered (the machine may have no device at all).
+    assert "listing_error" not in listing, listing

@@ -241,7 +241,7 @@ def test_calls_and_calls_show_escape_control_characters(tmp_path: Path) -> None:
 
 
 def test_printable_escapes_only_what_a_terminal_would_act_on() -> None:
-    from callctl.controller.calls import printable
+    from callctl.cli.terminal import printable
 
     assert printable("Zoë said: “hello” 👋\ttab") == "Zoë said: “hello” 👋\\ttab"
     assert printable("a\x1b[31mb\nc\x00\u2066d\u200f") == "a\\x1b[31mb\\nc\\x00\\u2066d\\u200f"

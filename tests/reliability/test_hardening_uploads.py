@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from callctl.engine.agent_server import http as agent_http
-from callctl.engine.agent_server import protocol as p
+from callctl.engine.agent_server import wire as p
 from callctl.engine.agent_server.voices import VOICES_ADD_PATH
 from tests.engine.test_agent_server import ServerProcess, wait_until
 from tests.engine.test_agent_server import script_path as script_path  # noqa: F401 (fixture)

@@ -112,7 +112,7 @@ def test_the_cli_refuses_a_malicious_microphone_in_one_line(tmp_path: Path) -> N
         path = tmp_path / name
         path.write_bytes(content)
         out = subprocess.run(
-            [sys.executable, "-m", "callctl.controller.cli", "call", "--endpoint", f"ipc://{tmp_path}/c",
+            [sys.executable, "-m", "callctl.cli", "call", "--endpoint", f"ipc://{tmp_path}/c",
              "--device", "virtual", "--mic", str(path)], capture_output=True, text=True,
             timeout=60, stdin=subprocess.DEVNULL, cwd=ROOT,
             env=dict(os.environ, PYTHONPATH=str(ROOT)))

@@ -24,7 +24,7 @@ SENTINEL = "sk_sentinel_4d3c2b1a0f9e8d7c6b5a"
 def test_default_ipc_endpoint_is_private(tmp_path: Path) -> None:
     env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path / "run"))
     (tmp_path / "run").mkdir(mode=0o755)
-    proc = subprocess.Popen([sys.executable, "-m", "callctl.controller.cli", "serve", "--device",
+    proc = subprocess.Popen([sys.executable, "-m", "callctl.cli", "serve", "--device",
                              "virtual", "--record-dir", str(tmp_path / "calls")],
                             env=env, stdout=subprocess.PIPE, text=True)
     try:
@@ -62,7 +62,7 @@ def test_tcp_beyond_loopback_needs_curve_and_only_authorised_clients_get_in(
     generate(intruder)  # a well-formed key pair the server never authorised
     (intruder / "server.key").write_bytes((keys / "server.key").read_bytes())
     proc = subprocess.Popen(
-        [sys.executable, "-m", "callctl.controller.cli", "serve", "--endpoint",
+        [sys.executable, "-m", "callctl.cli", "serve", "--endpoint",
          f"tcp://0.0.0.0:{port}", "--curve-dir", str(keys), "--device", "virtual",
          "--record-dir", str(tmp_path / "calls")],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

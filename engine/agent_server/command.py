@@ -19,10 +19,10 @@ import logging
 import signal
 import sys
 
+from .conversation import SessionConfig
 from .faults import Fault
 from .script import ScriptError, load_script
 from .server import AgentServer, ServerConfig
-from .session import SessionConfig
 from .voice import Voice, VoiceError
 
 READY_PREFIX = "agent-server listening on "

@@ -2,7 +2,7 @@
 
     callctl serve --device virtual --mic caller.wav &
     callctl status
-    python -c 'import zmq; s = zmq.Context().socket(zmq.REQ); ...; s.send_json({"cmd": "call"})'
+    python -c 'import callctl; callctl.Client().call()'
 
 Stops on `{"cmd": "shutdown"}`, SIGTERM or Ctrl-C, ending any call first.
 Exit status: 0 when stopped, 2 for bad options, and

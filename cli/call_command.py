@@ -2,9 +2,10 @@
 
 The controller runs on the main thread (its children's lives are tied to
 it); a second thread is the front end: it subscribes to the events, starts
-the call over the public control socket — the same protocol any script uses
-— draws the status line, and hangs up on Enter, on Ctrl-C (through the
-controller's signal handling) or after ``--hangup-after`` seconds. When
+the call over the public control socket through ``callctl.Client`` — the same
+protocol and client any script uses — draws the status line, and hangs up on
+Enter, on Ctrl-C (through the controller's signal handling) or after
+``--hangup-after`` seconds. When
 ``call.ended`` arrives it prints the recording's path and the hangup timings;
 with ``--clone-voice`` it then follows the ``postcall`` events of the call
 with a progress bar and prints the new voice id (or why there is none); then
@@ -14,6 +15,7 @@ it stops the controller.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import threading
@@ -22,13 +24,13 @@ from typing import Any, TextIO
 
 import zmq
 
+from callctl.cli.serve_command import install_stop_signals
+from callctl.cli.terminal import printable
+from callctl.client import CallctlError, Client, EventStream, Refused
 from callctl.controller import endpoints
-from callctl.controller.calls import printable
 from callctl.controller.controller import Controller
 from callctl.controller.options import add_controller_options, controller_config
-from callctl.controller.serve import install_stop_signals
 from callctl.engine import protocol
-from callctl.engine.audio_client import ControlClient
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 POSTCALL_WAIT_S = 600.0
@@ -70,10 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
 class Frontend(threading.Thread):
     """The terminal side of `callctl call`; talks to the controller only over ZeroMQ."""
 
-    def __init__(self, endpoint: str, events: str, hangup_after: float | None, as_json: bool,
+    def __init__(self, client: Client, events: str, hangup_after: float | None, as_json: bool,
                  out: TextIO = sys.stdout, clone_voice: str | None = None) -> None:
+        """``client``: for the controller's control endpoint, used (and closed) by this
+        thread alone; ``events``: its event endpoint."""
         super().__init__(name="frontend", daemon=True)
-        self.endpoint, self.events = endpoint, events
+        self.client, self.events = client, events
         self.hangup_after, self.as_json, self.out = hangup_after, as_json, out
         self.tty = out.isatty() and not as_json
         self.exit_code = EXIT_FAILED
@@ -93,31 +97,23 @@ class Frontend(threading.Thread):
         self._stopped.set()
 
     def run(self) -> None:
-        ctx: zmq.Context = zmq.Context.instance()
-        sub = ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.connect(self.events)
-        control = ControlClient(self.endpoint, ctx)
+        stream: EventStream | None = None
         try:
-            reply = control.request({"cmd": "call"}, timeout=10)
-            if not reply.get("ok"):
-                self._print(f"callctl call: {reply.get('error')}", err=True)
-                return
+            stream = self.client.events(events_endpoint=self.events)
+            reply = self.client.call()
             self._say(f"calling ({reply['call_id']}) — press Enter to hang up")
             if sys.stdin and not self.as_json:
                 threading.Thread(target=self._read_enter, name="enter", daemon=True).start()
-            self._loop(sub, control)
-        except TimeoutError as exc:
+            self._loop(stream)
+        except CallctlError as exc:  # refused, or the controller did not answer
             self._print(f"callctl call: {exc}", err=True)
         finally:
-            try:
-                if not self._stopped.is_set():
-                    control.request({"cmd": "shutdown"}, timeout=1)
-            except TimeoutError:
-                pass
-            control.close()
-            sub.close(0)
+            if not self._stopped.is_set():
+                with contextlib.suppress(CallctlError):
+                    self.client.request({"cmd": "shutdown"}, timeout=1)
+            self.client.close()
+            if stream is not None:
+                stream.close()
 
     def _read_enter(self) -> None:
         try:
@@ -127,20 +123,20 @@ class Frontend(threading.Thread):
         if line:  # EOF (no terminal, CI) is not a hangup
             self._hangup.set()
 
-    def _loop(self, sub: zmq.Socket, control: ControlClient) -> None:
+    def _loop(self, stream: EventStream) -> None:
         asked = False
         while True:
             due = self.hangup_after and time.monotonic() - self._began >= self.hangup_after
             if (self._hangup.is_set() or due) and not asked:
                 asked = True
                 self._say("hanging up ...")
-                control.request({"cmd": "hangup"}, timeout=3)
-            if not sub.poll(100):
+                with contextlib.suppress(Refused):  # the call had already ended
+                    self.client.hangup()
+            event = stream.next(0.1)
+            if event is None:
                 self._draw()
                 continue
-            topic, body = sub.recv_multipart()
-            event = json.loads(body)
-            name = topic.decode()
+            name = event["event"]
             if name == protocol.EVENT_STATE:
                 self._state = event["state"]
                 if self._state == "failed":
@@ -161,25 +157,22 @@ class Frontend(threading.Thread):
                 failed = bool(event.get("errors")) and event.get("reason") != "hangup"
                 self.exit_code = EXIT_FAILED if failed and self._state == "failed" else EXIT_OK
                 if self.clone_voice:
-                    final = self._await_postcall(sub, str(event.get("call_id")))
+                    final = self._await_postcall(stream, str(event.get("call_id")))
                     if final is None or final.get("stage") != "done":
                         self.exit_code = EXIT_FAILED
                 return
             self._draw()
 
-    def _await_postcall(self, sub: zmq.Socket, call_id: str) -> dict[str, Any] | None:
+    def _await_postcall(self, stream: EventStream, call_id: str) -> dict[str, Any] | None:
         """Follow the call's ``postcall`` events to the last one (bounded); None if the
         controller stopped or nothing final came in ``POSTCALL_WAIT_S``."""
         deadline = time.monotonic() + POSTCALL_WAIT_S
         shown_stage = None
         self._say(f"cloning the caller's voice as {self.clone_voice!r} …")
         while time.monotonic() < deadline and not self._stopped.is_set():
-            if not sub.poll(100):
+            event = stream.next(0.1)
+            if event is None or event["event"] != protocol.EVENT_POSTCALL:
                 continue
-            topic, body = sub.recv_multipart()
-            if topic.decode() != protocol.EVENT_POSTCALL:
-                continue
-            event = json.loads(body)
             if event.get("call_id") != call_id:
                 continue
             self.postcall = event
@@ -269,12 +262,16 @@ def main(argv: list[str] | None = None) -> int:
         warning = endpoints.insecure_warning(config.endpoint, curve=config.curve_dir is not None)
         if warning:
             print(warning, file=sys.stderr, flush=True)
+        # The front end speaks the public protocol through the public client, with the
+        # controller's own keys directory (``callctl keys`` puts a client's pair there).
+        client = Client(config.endpoint, curve_dir=config.curve_dir, insecure=True)
         controller = Controller(config)
-    except (endpoints.EndpointError, ValueError, RuntimeError, OSError, zmq.ZMQError) as exc:
+    except (endpoints.EndpointError, CallctlError, ValueError, RuntimeError, OSError,
+            zmq.ZMQError) as exc:
         print(f"callctl call: {exc}", file=sys.stderr)
         return EXIT_USAGE
     install_stop_signals(controller)
-    frontend = Frontend(config.endpoint, controller.events_endpoint, args.hangup_after, args.json,
+    frontend = Frontend(client, controller.events_endpoint, args.hangup_after, args.json,
                         clone_voice=config.clone_voice)
     frontend.start()
     try:

@@ -1,4 +1,4 @@
-"""`callctl`: the command line. Each subcommand lives in its own module."""
+"""`callctl`: the command line. Each command lives in its own module, loaded when run."""
 
 from __future__ import annotations
 
@@ -29,17 +29,19 @@ exit codes: 0 done, 1 nothing to do or the call failed, 2 no controller or bad u
 """
 
 COMMANDS = {
-    "call": ("callctl.controller.call_command", "main"),
-    "serve": ("callctl.controller.serve", "main"),
-    "hangup": ("callctl.controller.client", "hangup_main"),
-    "status": ("callctl.controller.client", "status_main"),
-    "events": ("callctl.controller.client", "events_main"),
-    "devices": ("callctl.controller.devices", "main"),
+    # command: (module, function); imported only when that command runs, so that
+    # `callctl hangup` does not load Qt.
+    "call": ("callctl.cli.call_command", "main"),
+    "serve": ("callctl.cli.serve_command", "main"),
+    "hangup": ("callctl.cli.controller_commands", "hangup_main"),
+    "status": ("callctl.cli.controller_commands", "status_main"),
+    "events": ("callctl.cli.controller_commands", "events_main"),
+    "devices": ("callctl.cli.devices_command", "main"),
     "gui": ("callctl.gui.app", "main"),
-    "calls": ("callctl.controller.calls", "main"),
-    "agent-server": ("callctl.engine.agent_server.cli", "main"),
-    "demo": ("callctl.controller.demo", "main"),
-    "keys": ("callctl.controller.curve", "main"),
+    "calls": ("callctl.cli.calls_command", "main"),
+    "agent-server": ("callctl.engine.agent_server.command", "main"),
+    "demo": ("callctl.cli.demo", "main"),
+    "keys": ("callctl.cli.keys_command", "main"),
 }
 
 

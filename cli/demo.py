@@ -2,9 +2,10 @@
 
 A controller (`callctl serve`, its own process) runs the local agent server
 and the virtual device, whose microphone is a scripted caller (espeak-ng).
-The demo speaks to it only over the public ZeroMQ protocol, as any script
-would: it starts the call, waits until the agent is mid-sentence in its
-answer to the caller, and sends ``{"cmd": "hangup"}``. Then it prints the
+The demo speaks to it only over the public ZeroMQ protocol, through
+``callctl.serve`` and ``callctl.Client`` as any Python program would: it
+starts the call, waits until the agent is mid-sentence in its answer to the
+caller, and sends ``{"cmd": "hangup"}``. Then it prints the
 figure measured on the speaker file — what the device played, not what the
 engine says about itself — ``hangup→silence``, the engine's own timings and
 the recording's path.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 import platformdirs
-import zmq
 
+from callctl.client import CallctlError, Client
 from callctl.engine import protocol
 from callctl.engine.agent_server.voice import Voice
-from callctl.engine.audio_client import ControlClient
 from callctl.engine.ring import SAMPLE_RATE
 from callctl.engine.wavfile import GrowingWav, read_wav
+from callctl.served import serve
 
 CALLER = "Hi! I would like to know what you can do for me today."
 SILENCE_PEAK = 33  # int16 magnitude of -60 dBFS
@@ -54,65 +54,23 @@ def write_caller(path: Path, speak_at: float = 6.5) -> None:
     wav.close()
 
 
-def _next_event(sub: zmq.Socket, deadline: float) -> dict[str, Any] | None:
-    while time.monotonic() < deadline:
-        if sub.poll(50):
-            return json.loads(sub.recv_multipart()[1])
-    return None
-
-
 def run(out_dir: Path, mid_sentence: float) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     print("1. voicing a scripted caller with espeak-ng")
     write_caller(out_dir / "caller.wav")
-    endpoint = f"ipc://{out_dir}/control"
     speaker = out_dir / "speaker.wav"
     print("2. starting a controller: audio process (virtual device), local agent server")
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "callctl.controller.cli", "serve", "--endpoint", endpoint,
-         "--device", "virtual", "--mic", str(out_dir / "caller.wav"), "--speaker", str(speaker),
-         "--record-dir", str(out_dir / "calls")], stdout=subprocess.DEVNULL)
-    control = ControlClient(endpoint)
     try:
-        status = _wait_for_controller(control, serve)
-        sub: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.connect(status["events"])
-        time.sleep(0.2)
-        print(f"3. calling over ZeroMQ: {control.request({'cmd': 'call'})['call_id']}")
-        agent_lines = 0
-        deadline = time.monotonic() + 40
-        while agent_lines < 2:
-            event = _next_event(sub, deadline)
-            if event is None:
-                print("the agent never answered the caller", file=sys.stderr)
-                return 1
-            if event["event"] == protocol.EVENT_TRANSCRIPT:
-                agent_lines += event["role"] == "agent"
-                print(f"   {event['role']:>6}: {event['text']}")
-            elif event["event"] == protocol.EVENT_STATE and event["state"] == "failed":
-                print(f"the call failed: {event['reason']}", file=sys.stderr)
-                return 1
-        time.sleep(mid_sentence)
-        print('4. the agent is mid-sentence: sending {"cmd": "hangup"} over ZeroMQ')
-        sent = time.monotonic()
-        control.request({"cmd": "hangup"})
-        ended = None
-        while ended is None:
-            event = _next_event(sub, time.monotonic() + 10)
-            if event is None:
-                print("no call.ended event", file=sys.stderr)
-                return 1
-            if event["event"] == protocol.EVENT_CALL_ENDED:
-                ended = event
-        control.request({"cmd": "shutdown"})
-        serve.wait(15)
-        sub.close(0)
-    finally:
-        control.close()
-        if serve.poll() is None:
-            serve.terminate()
-            serve.wait(10)
+        with serve(endpoint=f"ipc://{out_dir}/control", device="virtual",
+                   mic=out_dir / "caller.wav", speaker=speaker,
+                   record_dir=out_dir / "calls") as client:
+            hung_up = _call_and_hang_up(client, mid_sentence)
+    except CallctlError as exc:
+        print(f"callctl demo: {exc}", file=sys.stderr)
+        return 1
+    if hung_up is None:
+        return 1
+    sent, ended = hung_up
     last = last_sound_time(speaker)
     silence_ms = max(0.0, (last - sent) * 1000) if last else 0.0
     t = ended["timings"]
@@ -126,17 +84,36 @@ def run(out_dir: Path, mid_sentence: float) -> int:
     return 0
 
 
-def _wait_for_controller(control: ControlClient, serve: subprocess.Popen[bytes]
-                         ) -> dict[str, Any]:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if serve.poll() is not None:
-            raise SystemExit("the controller did not start")
-        try:
-            return control.request({"cmd": "status"}, timeout=1.0)
-        except TimeoutError:
-            continue
-    raise SystemExit("the controller did not answer in 30 s")
+def _call_and_hang_up(client: Client, mid_sentence: float
+                      ) -> tuple[float, dict[str, Any]] | None:
+    """Call, hang up ``mid_sentence`` seconds into the agent's answer to the caller.
+    Returns (when the hangup was sent, monotonic s; the ``call.ended`` event), or None
+    (the reason printed) if the call went wrong."""
+    with client.events() as events:
+        print(f"3. calling over ZeroMQ: {client.call()['call_id']}")
+        agent_lines = 0
+        deadline = time.monotonic() + 40
+        while agent_lines < 2:
+            event = events.next(deadline - time.monotonic())
+            if event is None:
+                print("the agent never answered the caller", file=sys.stderr)
+                return None
+            if event["event"] == protocol.EVENT_TRANSCRIPT:
+                agent_lines += event["role"] == "agent"
+                print(f"   {event['role']:>6}: {event['text']}")
+            elif event["event"] == protocol.EVENT_STATE and event["state"] == "failed":
+                print(f"the call failed: {event['reason']}", file=sys.stderr)
+                return None
+        time.sleep(mid_sentence)
+        print('4. the agent is mid-sentence: sending {"cmd": "hangup"} over ZeroMQ')
+        sent = time.monotonic()
+        client.hangup()
+        deadline = time.monotonic() + 10
+        while (event := events.next(deadline - time.monotonic())) is not None:
+            if event["event"] == protocol.EVENT_CALL_ENDED:
+                return sent, event
+    print("no call.ended event", file=sys.stderr)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """`callctl hangup`, `callctl status`, `callctl events`: talk to a running controller.
 
-Exit codes (every command): 0 done, 1 nothing to do (e.g. no call to hang
-up), 2 no controller at the endpoint, or bad usage.
+Each goes through ``callctl.Client``, the public Python API, as any program would.
+Exit codes (every command): 0 done, 1 nothing to do (e.g. no call to hang up:
+the controller refused), 2 no controller at the endpoint, or bad usage.
 """
 
 from __future__ import annotations
@@ -9,40 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Any
 
-import zmq
-
-from callctl.controller import endpoints
-from callctl.controller.calls import printable
-from callctl.controller.curve import ClientKeys, CurveError, curve_dir
+from callctl.cli.terminal import printable
+from callctl.client import CallctlError, Client, Refused
 from callctl.controller.options import add_endpoint
-from callctl.engine.audio_client import ControlClient
 
 EXIT_OK, EXIT_NOTHING, EXIT_USAGE = 0, 1, 2
-
-
-class NoController(RuntimeError):
-    pass
-
-
-def request(endpoint: str, message: dict[str, Any], timeout: float = 3.0,
-            keys: ClientKeys | None = None) -> dict[str, Any]:
-    """One request to the controller at ``endpoint``; ``NoController`` if nobody answers."""
-    if endpoint.startswith("ipc://"):
-        from pathlib import Path
-
-        if not Path(endpoint[len("ipc://"):]).exists():
-            raise NoController(f"no controller at {endpoint} (start one with `callctl call` "
-                               "or `callctl serve`)")
-    client = ControlClient(endpoint, secure=keys.apply if keys else None)
-    try:
-        return client.request(message, timeout=timeout)
-    except TimeoutError:
-        raise NoController(f"no controller answered at {endpoint} within {timeout:g} s") from None
-    finally:
-        client.close()
 
 
 def _parser(name: str, description: str) -> argparse.ArgumentParser:
@@ -54,28 +28,31 @@ def _parser(name: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
-def _resolve(args: argparse.Namespace, name: str) -> str | None:
-    """The endpoint to talk to (and ``args.keys``, the CurveZMQ client keys or None)."""
-    directory = curve_dir(args.curve_dir)
+def _client(args: argparse.Namespace, name: str) -> Client | None:
+    """The client for the endpoint and keys the options name; None (the reason printed)
+    when they cannot be used."""
     try:
-        args.keys = ClientKeys.load(directory) if directory else None
-        return endpoints.control_endpoint(args.endpoint, curve=directory is not None,
-                                          insecure=args.insecure)
-    except (endpoints.EndpointError, CurveError) as exc:
+        return Client(args.endpoint, curve_dir=args.curve_dir, insecure=args.insecure)
+    except CallctlError as exc:
         print(f"callctl {name}: {exc}", file=sys.stderr)
         return None
 
 
 def _ask(args: argparse.Namespace, name: str, message: dict[str, Any]) -> dict[str, Any] | None:
-    """Resolve the endpoint and send ``message``; None (the reason printed) when that fails."""
-    endpoint = _resolve(args, name)
-    if endpoint is None:
+    """Send ``message``; the reply, also an error reply (``ok`` false); None (the reason
+    printed) when no controller answers or the options are unusable."""
+    client = _client(args, name)
+    if client is None:
         return None
     try:
-        return request(endpoint, message, keys=args.keys)
-    except NoController as exc:
+        return client.request(message)
+    except Refused as exc:
+        return exc.reply
+    except CallctlError as exc:
         print(f"callctl {name}: {exc}", file=sys.stderr)
         return None
+    finally:
+        client.close()
 
 
 def hangup_main(argv: list[str] | None = None) -> int:
@@ -103,7 +80,10 @@ def status_main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if args.json:
         print(json.dumps(reply))
-        return EXIT_OK
+        return EXIT_OK if reply.get("ok") else EXIT_NOTHING
+    if not reply.get("ok"):
+        print(f"callctl status: {printable(reply.get('error'))}", file=sys.stderr)
+        return EXIT_NOTHING
     print(f"state:     {reply['state']}"
           + (f" ({printable(reply['reason'])})" if reply.get("reason") else ""))
     print(f"endpoint:  {reply['endpoint']}")
@@ -127,42 +107,35 @@ def events_main(argv: list[str] | None = None) -> int:
     p = _parser("events", "Print the controller's events as they happen (Ctrl-C stops).")
     p.add_argument("--topic", action="append", default=[],
                    help="only these topics (repeatable): state, transcript, levels, "
-                   "call.ended, error, agent")
+                   "call.ended, error, agent, postcall")
     p.add_argument("--count", type=int, default=0, help="stop after N events")
     p.add_argument("--timeout", type=float, default=0.0,
                    help="stop after this many seconds (default: never)")
     args = p.parse_args(argv)
-    status = _ask(args, "events", {"cmd": "status"})
-    if status is None:
+    client = _client(args, "events")
+    if client is None:
         return EXIT_USAGE
-    events = status["events"]
-    sub: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    if args.keys is not None:
-        args.keys.apply(sub)
-    for topic in args.topic or [""]:
-        sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
-    sub.connect(events)
-    seen = 0
-    deadline = time.monotonic() + args.timeout if args.timeout else None
     try:
-        while args.count <= 0 or seen < args.count:
-            if deadline is not None and time.monotonic() > deadline:
-                break
-            if not sub.poll(100):
-                continue
-            topic, body = sub.recv_multipart()
-            event = json.loads(body)
-            seen += 1
-            if args.json:
-                print(json.dumps(event), flush=True)
-            else:
-                # What a service or a caller said can hold terminal control sequences.
-                fields = " ".join(f"{k}={printable(v)}" for k, v in event.items()
-                                  if k != "event")
-                print(f"{printable(topic.decode(errors='replace')):<11} {fields}", flush=True)
+        stream = client.events(args.topic, timeout=args.timeout or None)
+    except CallctlError as exc:
+        print(f"callctl events: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        client.close()
+    seen = 0
+    try:
+        with stream:
+            for event in stream:
+                seen += 1
+                if args.json:
+                    print(json.dumps(event), flush=True)
+                else:
+                    # What a service or a caller said can hold terminal control sequences.
+                    fields = " ".join(f"{k}={printable(v)}" for k, v in event.items()
+                                      if k != "event")
+                    print(f"{printable(event['event']):<11} {fields}", flush=True)
+                if 0 < args.count <= seen:
+                    break
     except KeyboardInterrupt:
         pass
-    finally:
-        sub.close(0)
     return EXIT_OK

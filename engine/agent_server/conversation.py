@@ -33,7 +33,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 from . import faults
-from . import protocol as p
+from . import wire as p
 from .faults import Fault
 from .script import Script, fill_placeholders
 from .vad import EnergyVad, SpeechEnd, SpeechStart

@@ -1,0 +1,7 @@
+"""``python -m callctl.cli``: the same as the ``callctl`` command."""
+
+import sys
+
+from callctl.cli.main import main
+
+sys.exit(main())
