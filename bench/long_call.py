@@ -6,8 +6,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import ControllerOnPulse, CpuLoad
+from bench.harness import CpuLoad
 from bench.procedure import cpu_seconds
+from testing.served import ServedController
 
 
 def _rss_mb(pid: int) -> float:
@@ -19,7 +20,7 @@ def _rss_mb(pid: int) -> float:
 
 def long_call(seconds: float) -> dict[str, Any]:
     """One call of ``seconds`` with one busy-looping process per core."""
-    rig = ControllerOnPulse()
+    rig = ServedController.on_pulse()
     load = CpuLoad(seconds=seconds + 60)
     try:
         if not rig.request({"cmd": "call"})["ok"]:

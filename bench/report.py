@@ -210,7 +210,7 @@ def markdown(summary: dict[str, Any], plot_names: list[str]) -> str:
         "",
         "## The procedure (the same for every system)",
         "",
-        "* **Rig.** Each system gets its own private PulseAudio daemon (`engine/soundserver.py`) "
+        "* **Rig.** Each system gets its own private PulseAudio daemon (`testing/pulse.py`) "
         "with two null sinks at 16 kHz and 5 ms render blocks, the speaker and the microphone, "
         "and an external observer: `parec` recording the speaker sink's monitor, every chunk "
         "time-stamped (`PlaybackObserver`). callctl runs as `callctl serve --device pulse`; "

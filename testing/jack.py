@@ -34,10 +34,11 @@ what was played (the figures as ``testing/measure.py`` defines them).
     stamps it with the cycle's times from ``jack_get_cycle_times`` (frame
     count, start and next start in µs of JACK's clock): nothing else runs in
     the callback. Queries take the same arguments and give the same answers
-    as ``engine.soundserver.PlaybackObserver``: ``samples()``,
-    ``times_of(indices)``, ``segment(t0, t1)``, ``first_sound_after``,
-    ``last_sound_after``, ``wait_until``, ``recorded_until``; plus
-    ``window(t0, t1)`` (the ``testing.measure.Recording`` protocol).
+    as ``testing.observer.PlaybackObserver`` (both are a
+    ``testing.observer.TimedObserver``): ``samples()``, ``times_of(indices)``,
+    ``segment(t0, t1)``, ``first_sound_after``, ``last_sound_after``,
+    ``wait_until``, ``recorded_until`` and ``window(t0, t1)`` (the
+    ``testing.measure.Recording`` protocol).
     Samples are int16 (JACK's float × 32768, which PortAudio's int16 → float
     conversion makes exact), indices count samples since the observer
     started, times are seconds of ``time.monotonic()``.
@@ -105,11 +106,14 @@ import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 import numpy as np
 import numpy.typing as npt
+
+from testing.measure import FULL_SCALE
+from testing.observer import TimedObserver
+from testing.processes import StartStop, reap, which
 
 __all__ = [
     "JackError",
@@ -117,8 +121,6 @@ __all__ = [
     "JackServer",
     "jack_clock_offset",
 ]
-
-FULL_SCALE = 32768.0
 
 _counter = itertools.count(1)
 _PR_SET_PDEATHSIG = 1
@@ -226,7 +228,7 @@ def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork a
 # --------------------------------------------------------------------------- server
 
 
-class JackServer:
+class JackServer(StartStop):
     """A private ``jackd`` with the dummy driver, under a unique server name.
 
     Use as a context manager (or ``start()`` / ``stop()``)::
@@ -273,17 +275,6 @@ class JackServer:
 
     # -- lifecycle ---------------------------------------------------------
 
-    def __enter__(self) -> JackServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     @property
     def env(self) -> dict[str, str]:
         """The variables a child needs to reach this server (and only it)."""
@@ -304,9 +295,7 @@ class JackServer:
         return self._proc is not None and self._proc.poll() is None
 
     def argv(self) -> list[str]:
-        jackd = shutil.which("jackd")
-        if jackd is None:
-            raise JackError("'jackd' not found on PATH (Debian package: jackd2)")
+        jackd = which("jackd", "jackd2", JackError)
         return [jackd, "-n", self.name, "-R" if self.realtime else "-r",
                 "-d", "dummy", "-r", str(self.rate), "-p", str(self.period)]
 
@@ -353,16 +342,8 @@ class JackServer:
     def stop(self) -> None:
         """SIGTERM, then SIGKILL (each bounded by ``stop_timeout``); reap; tidy /dev/shm."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            try:
-                proc.wait(self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(self.stop_timeout)
+        if proc is not None:
+            reap(proc, self.stop_timeout, self.stop_timeout)
         if self._log is not None:
             self._log_text = self._read_log()
             self._log.close()
@@ -400,7 +381,7 @@ class JackServer:
 # --------------------------------------------------------------------------- observer
 
 
-class JackObserver:
+class JackObserver(TimedObserver):
     """An external JACK client that records what a port played, with time stamps.
 
     See the module docstring for the time base. Up to ``max_seconds`` of audio
@@ -463,17 +444,6 @@ class JackObserver:
 
     # -- lifecycle ---------------------------------------------------------
 
-    def __enter__(self) -> JackObserver:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def start(self) -> JackObserver:
         """Open the client, register ``in``, activate. Records silence until connected."""
         import jack
@@ -534,6 +504,9 @@ class JackObserver:
     @property
     def alive(self) -> bool:
         return self._client is not None
+
+    def _finished(self) -> bool:
+        return self._client is None
 
     # -- the process callback (JACK's thread) -----------------------------------
 
@@ -724,20 +697,6 @@ class JackObserver:
             return None
         return float(self.times_of([total])[0])
 
-    def wait_until(self, t: float, timeout: float) -> bool:
-        """Block until samples up to time ``t`` (s) are recorded; at most ``timeout`` s.
-
-        Returns False on timeout or if the observer stopped first.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            until = self.recorded_until()
-            if until is not None and until >= t:
-                return True
-            if self._client is None or time.monotonic() >= deadline:
-                return False
-            time.sleep(0.005)
-
     def _span(self, t_start: float, t_end: float | None) -> tuple[int, npt.NDArray[np.int16]]:
         """(index of the first sample, samples) of a superset of the samples timed in
         ``[t_start, t_end)``, cut at cycle boundaries."""
@@ -753,43 +712,6 @@ class JackObserver:
             hi_c = int(np.searchsorted(starts, t_end + margin, side="right"))
             hi = int(self._cyc_pos[hi_c]) if hi_c < n else total
         return lo, _to_int16(self._audio[lo:hi])
-
-    def window(self, t0: float, t1: float
-               ) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.float64]]:
-        """(samples, their play times in s) for the samples timed in ``[t0, t1)``."""
-        base, data = self._span(t0, t1)
-        times = self.times_of(np.arange(base, base + data.size))
-        keep = (times >= t0) & (times < t1)
-        return data[keep], times[keep]
-
-    def segment(self, t_start: float, t_end: float) -> npt.NDArray[np.int16]:
-        """The samples whose estimated times lie in ``[t_start, t_end)`` (s)."""
-        return self.window(t_start, t_end)[0]
-
-    def _loud_times(self, t0: float, threshold_dbfs: float, until: float | None
-                    ) -> npt.NDArray[np.float64]:
-        base, data = self._span(t0, until)
-        amplitude = FULL_SCALE * 10.0 ** (threshold_dbfs / 20.0)
-        loud = np.flatnonzero(np.abs(data.astype(np.int32)) > amplitude)
-        times = self.times_of(loud + base)
-        keep = times >= t0
-        if until is not None:
-            keep &= times < until
-        return times[keep]
-
-    def first_sound_after(self, t0: float, threshold_dbfs: float = -60.0,
-                          until: float | None = None) -> float | None:
-        """Time (s) of the first sample at or after ``t0`` whose magnitude exceeds the
-        threshold (``|x| > 32768 * 10**(threshold_dbfs / 20)``). None if no sound."""
-        times = self._loud_times(t0, threshold_dbfs, until)
-        return float(times[0]) if times.size else None
-
-    def last_sound_after(self, t0: float, threshold_dbfs: float = -60.0,
-                         until: float | None = None) -> float | None:
-        """Time (s) of the last such sample at or after ``t0``; final once the recording
-        extends past the sound (``wait_until`` first). None if no sound."""
-        times = self._loud_times(t0, threshold_dbfs, until)
-        return float(times[-1]) if times.size else None
 
 
 def _to_int16(x: npt.NDArray[np.float32]) -> npt.NDArray[np.int16]:

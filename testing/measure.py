@@ -2,7 +2,7 @@
 
 Pure functions over a recording: ``samples`` (int16, mono) and ``times``
 (seconds of ``time.monotonic()``, the estimated moment each sample played,
-from ``PlaybackObserver.times_of`` or any observer with the same clock).
+from ``testing.observer.PlaybackObserver.times_of`` or any observer with the same clock).
 The definitions are the project's, the same for every system measured
 (bench/results/report.md, "The procedure"):
 
@@ -47,6 +47,23 @@ TAIL_S = 0.001
 def amplitude(level_dbfs: float) -> float:
     """The int16 magnitude of ``level_dbfs`` (dBFS re 32768)."""
     return FULL_SCALE * 10.0 ** (level_dbfs / 20.0)
+
+
+def dbfs(samples: npt.ArrayLike) -> float:
+    """RMS level of int16 ``samples`` in dBFS (re 32768); ``-inf`` for silence or no samples.
+
+    A full-scale square wave is 0 dBFS and a full-scale sine about -3 dBFS.
+    """
+    x = np.asarray(samples, dtype=np.float64)
+    if x.size == 0:
+        return -math.inf
+    rms = float(np.sqrt(np.mean(x * x)))
+    return db(rms / FULL_SCALE)
+
+
+def peak_dbfs(samples: npt.ArrayLike) -> float:
+    """Peak level of int16 ``samples`` in dBFS (re 32768); ``-inf`` for silence or no samples."""
+    return db(peak(np.asarray(samples)) / FULL_SCALE)
 
 
 def db(ratio: float) -> float:
@@ -185,21 +202,16 @@ def wait_quiet(rec: Recording, quiet_s: float = 0.5, timeout: float = 30.0) -> b
 
 
 class ObserverRecording:
-    """``Recording`` over an ``engine.soundserver.PlaybackObserver`` (or anything with its
-    ``_span``/``times_of``/``recorded_until``)."""
+    """``Recording`` over any ``testing.observer.TimedObserver`` (``PlaybackObserver``,
+    ``JackObserver``), which already offers ``window`` and ``recorded_until``: kept so
+    that code typed against the protocol can wrap an observer explicitly."""
 
-    def __init__(self, observer: object) -> None:
+    def __init__(self, observer: Recording) -> None:
         self.observer = observer
 
     def window(self, t0: float, t1: float
                ) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.float64]]:
-        obs = self.observer
-        base, data = obs._span(t0, t1)  # type: ignore[attr-defined]
-        if data.size == 0:
-            return data, np.zeros(0, np.float64)
-        times = obs.times_of(np.arange(base, base + data.size))  # type: ignore[attr-defined]
-        keep = (times >= t0) & (times < t1)
-        return data[keep], times[keep]
+        return self.observer.window(t0, t1)
 
     def recorded_until(self) -> float | None:
-        return self.observer.recorded_until()  # type: ignore[attr-defined, no-any-return]
+        return self.observer.recorded_until()

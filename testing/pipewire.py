@@ -1,10 +1,10 @@
 """A private PipeWire server with its PulseAudio-protocol server, for tests.
 
-``PipeWireServer`` offers what the tests use of ``engine.soundserver.PulseServer``
+``PipeWireServer`` offers what the tests use of ``testing.pulse.PulseServer``
 (the private PulseAudio daemon) on PipeWire instead: the same two null sinks,
 ``callctl_speaker`` (default sink) and ``callctl_mic`` (its monitor is the
 default source), 16 kHz mono, reached through PipeWire's pulse server on a
-private socket. ``engine.soundserver.PlaybackObserver`` records the speaker's
+private socket. ``testing.observer.PlaybackObserver`` records the speaker's
 monitor on it as on PulseAudio (pass the server, or ``source=server.monitor,
 env=server.env``).
 
@@ -59,34 +59,19 @@ import contextlib
 import itertools
 import os
 import subprocess
-import tempfile
 import time
-import weakref
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from types import TracebackType
+from collections.abc import Callable, Sequence
 from typing import IO
 
-import numpy.typing as npt
-
-from callctl.engine.soundserver import (
-    PulseServerError,
-    _child_argv,
-    _cleanup,
-    _pcm_bytes,
-    _reap,
-)
+from testing.processes import child_argv
+from testing.pulse_protocol import PACTL_TIMEOUT, PulseProtocolServer, PulseServerError
 
 __all__ = ["PACKAGES", "PipeWireError", "PipeWireServer"]
 
 PACKAGES = ("pipewire", "pipewire-pulse", "wireplumber", "pulseaudio-utils")
 """The Debian packages this rig needs (``apt-get install --no-install-recommends``)."""
 
-_PACTL_TIMEOUT = 3.0
 _counter = itertools.count(1)
-
-_SPEAKER = "callctl_speaker"
-_MIC = "callctl_mic"
 
 # The functions WirePlumber's stock ``00-functions.lua`` defines, which the
 # component file below uses (each config/lua component has its own ``.d`` dir).
@@ -125,18 +110,7 @@ class PipeWireError(PulseServerError):
     """The private PipeWire server could not be started or queried."""
 
 
-def _which(program: str) -> str:
-    import shutil
-
-    path = shutil.which(program)
-    if path is None:
-        raise PipeWireError(
-            f"{program!r} not found on PATH (Debian packages: {', '.join(PACKAGES)})"
-        )
-    return path
-
-
-class PipeWireServer:
+class PipeWireServer(PulseProtocolServer):
     """PipeWire, WirePlumber and PipeWire's pulse server, private, with two null sinks.
 
     Use as a context manager (or ``start()`` / ``stop()``)::
@@ -144,7 +118,8 @@ class PipeWireServer:
         with PipeWireServer() as server, PlaybackObserver(server) as observer:
             subprocess.run([...], env=server.child_env(), timeout=30)
 
-    A server is single use: ``start()`` once, ``stop()``.
+    A server is single use: ``start()`` once, ``stop()``. ``pactl``, ``play``,
+    ``feed_mic`` and ``child_env`` are ``testing.pulse_protocol.PulseProtocolServer``'s.
 
     Attributes:
         name: unique name (the temp directory's prefix).
@@ -161,6 +136,9 @@ class PipeWireServer:
             ``pw-dump``) need to reach this server.
         tmpdir: the private directory, removed by ``stop()``.
     """
+
+    error = PipeWireError
+    packages = ", ".join(PACKAGES)
 
     def __init__(
         self,
@@ -186,38 +164,16 @@ class PipeWireServer:
         """
         if rate <= 0 or not 0 < min_quantum <= quantum <= max_quantum:
             raise ValueError(f"bad rate/quantum: {rate} {min_quantum} {quantum} {max_quantum}")
-        self.rate = int(rate)
+        super().__init__(rate, name or f"callctl-pw-{os.getpid()}-{next(_counter)}",
+                         start_timeout, die_with_parent)
         self.quantum = int(quantum)
         self.min_quantum = int(min_quantum)
         self.max_quantum = int(max_quantum)
-        self.name = name or f"callctl-pw-{os.getpid()}-{next(_counter)}"
-        self.start_timeout = float(start_timeout)
-        self.die_with_parent = die_with_parent
-        self.sink = _SPEAKER
-        self.monitor = f"{_SPEAKER}.monitor"
-        self.mic_sink = _MIC
-        self.source = f"{_MIC}.monitor"
-        self.env: dict[str, str] = {}
         self.pw_env: dict[str, str] = {}
-        self.tmpdir: Path | None = None
-        self.socket_path: Path | None = None
-        self._procs: list[subprocess.Popen[bytes]] = []
         self._names: list[str] = []
         self._logs: list[IO[bytes]] = []
-        self._finalizer: weakref.finalize | None = None
 
     # -- lifecycle ---------------------------------------------------------
-
-    def __enter__(self) -> PipeWireServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def alive(self) -> bool:
@@ -235,14 +191,13 @@ class PipeWireServer:
         stopped and ``PipeWireError`` (with the daemons' logs) raised."""
         if self._procs:
             raise PipeWireError(f"server {self.name} already started")
-        pipewire = _which("pipewire")
-        wireplumber = _which("wireplumber")
-        _which("pactl")
+        pipewire = self._which("pipewire")
+        wireplumber = self._which("wireplumber")
+        self._which("pactl")
         deadline = time.monotonic() + self.start_timeout
-        tmpdir = tempfile.mkdtemp(prefix=f"{self.name}-")
-        self.tmpdir = Path(tmpdir)
-        self._finalizer = weakref.finalize(self, _cleanup, self._procs, tmpdir)
-        try:
+
+        def bring_up() -> None:
+            assert self.tmpdir is not None
             self._write_config()
             self._spawn("pipewire", [pipewire, "-c", "pipewire.conf"])
             core_socket = self.tmpdir / "runtime" / "pipewire-0"
@@ -258,16 +213,14 @@ class PipeWireServer:
             self.pactl("set-default-source", self.source)
             self._wait_for(lambda: self._defaults() == (self.sink, self.source),
                            "the default source", deadline)
-        except BaseException:
-            self.stop()
-            raise
+
+        self._start_in_tmpdir(bring_up)
         return self
 
     def stop(self) -> None:
         """Stop the daemons (SIGTERM, then SIGKILL; pulse server first) and remove the
         temp dir. Idempotent; every wait is bounded."""
-        if self._finalizer is not None:
-            self._finalizer()
+        self._stop_processes()
         for log in self._logs:
             log.close()
         self._logs.clear()
@@ -285,43 +238,14 @@ class PipeWireServer:
                 parts.append(f"--- {name}:\n{path.read_text(errors='replace')}")
         return "\n".join(parts)
 
-    def child_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
-        """``base`` (default ``os.environ``) updated with ``env``: pass to ``subprocess``."""
-        merged = dict(os.environ if base is None else base)
-        merged.update(self.env)
-        return merged
-
-    def pactl(self, *args: str, timeout: float = _PACTL_TIMEOUT) -> str:
-        """Run ``pactl ARGS`` against this server's pulse socket; return stdout.
-
-        Raises ``PipeWireError`` on a non-zero exit or after ``timeout`` s.
-        """
-        try:
-            result = subprocess.run(
-                [_which("pactl"), *args], env=self.child_env(), stdin=subprocess.DEVNULL,
-                capture_output=True, timeout=timeout, check=False)
-        except subprocess.TimeoutExpired as exc:
-            raise PipeWireError(f"pactl {' '.join(args)} timed out after {timeout} s") from exc
-        if result.returncode != 0:
-            raise PipeWireError(
-                f"pactl {' '.join(args)} failed ({result.returncode}): "
-                f"{result.stderr.decode(errors='replace').strip()}")
-        return result.stdout.decode(errors="replace")
-
-    def info(self, timeout: float = _PACTL_TIMEOUT) -> dict[str, str]:
-        """``pactl info`` as a dict (keys like ``'Default Sink'``)."""
-        out = self.pactl("info", timeout=timeout)
-        pairs = (line.split(":", 1) for line in out.splitlines() if ":" in line)
-        return {k.strip(): v.strip() for k, v in pairs}
-
-    def nodes(self, timeout: float = _PACTL_TIMEOUT) -> list[dict[str, str | None]]:
+    def nodes(self, timeout: float = PACTL_TIMEOUT) -> list[dict[str, str | None]]:
         """The graph's nodes from ``pw-dump``: ``name``, ``media_class``, ``latency`` (the
         ``node.latency`` a client asked for, e.g. ``"80/16000"``; the graph runs at the
         smallest, within the quantum bounds) and ``state``. For diagnostics."""
         import json
 
         try:
-            result = subprocess.run([_which("pw-dump")], env={**os.environ, **self.pw_env},
+            result = subprocess.run([self._which("pw-dump")], env={**os.environ, **self.pw_env},
                                     stdin=subprocess.DEVNULL, capture_output=True,
                                     timeout=timeout, check=True)
         except (subprocess.TimeoutExpired, subprocess.CalledProcessError) as exc:
@@ -335,55 +259,6 @@ class PipeWireServer:
                               "latency": props.get("node.latency"),
                               "state": obj["info"].get("state")})
         return nodes
-
-    def play(
-        self,
-        samples: npt.ArrayLike,
-        *,
-        device: str | None = None,
-        latency_ms: float = 10.0,
-        wait: bool = True,
-        timeout: float | None = None,
-    ) -> subprocess.Popen[bytes]:
-        """Play mono PCM at ``rate`` into a sink (default the speaker) with ``pacat``.
-
-        ``samples``: int16, or floats in [-1, 1]. With ``wait``, block until pacat
-        has drained (bounded by ``timeout`` s, default duration + 5 s). Returns the
-        ``pacat`` process.
-        """
-        if self.tmpdir is None or not self.alive:
-            raise PipeWireError("server not running")
-        data = _pcm_bytes(samples)
-        fd, raw_path = tempfile.mkstemp(suffix=".raw", dir=self.tmpdir)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        argv = [_which("pacat"), "--playback", f"--device={device or self.sink}", "--raw",
-                "--format=s16le", f"--rate={self.rate}", "--channels=1",
-                f"--latency-msec={latency_ms:g}", "--client-name=callctl-test-player",
-                raw_path]
-        proc = subprocess.Popen(_child_argv(argv, self.die_with_parent), env=self.child_env(),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
-        if wait:
-            limit = timeout if timeout is not None else len(data) / 2 / self.rate + 5.0
-            try:
-                _, err = proc.communicate(timeout=limit)
-            except subprocess.TimeoutExpired as exc:
-                _reap(proc, 1.0, 1.0)
-                raise PipeWireError(f"pacat did not finish within {limit:.1f} s") from exc
-            finally:
-                with contextlib.suppress(OSError):
-                    os.unlink(raw_path)
-            if proc.returncode != 0:
-                raise PipeWireError(
-                    f"pacat failed ({proc.returncode}): {err.decode(errors='replace').strip()}")
-        return proc
-
-    def feed_mic(self, samples: npt.ArrayLike, *, wait: bool = False,
-                 timeout: float | None = None) -> subprocess.Popen[bytes]:
-        """Play ``samples`` into the microphone sink: whatever records the default
-        source hears it (the caller speaking). Non-blocking by default."""
-        return self.play(samples, device=self.mic_sink, wait=wait, timeout=timeout)
 
     # -- internals -------------------------------------------------------------
 
@@ -423,7 +298,7 @@ class PipeWireServer:
         log = open(tmp / f"{name}.log", "wb")  # closed in stop()
         self._logs.append(log)
         proc = subprocess.Popen(
-            _child_argv(argv, self.die_with_parent), env=env, cwd=tmp,
+            child_argv(argv, self.die_with_parent), env=env, cwd=tmp,
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
         self._procs.append(proc)

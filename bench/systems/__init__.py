@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from callctl.engine.soundserver import PlaybackObserver, PulseServer
+from testing.observer import PlaybackObserver
+from testing.pulse import PulseServer
 
 
 @dataclass

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.harness import ControllerOnPulse
 from bench.systems import HangupStamps
-from callctl.engine.soundserver import PulseServer
+from testing.pulse import PulseServer
+from testing.served import ServedController
 
 BARGE_IN_LEAD_S = 0.25
 """Caller speech starts this long before the wanted interruption: the local agent
@@ -29,7 +29,7 @@ class CallctlSystem:
     label = "callctl"
 
     def __init__(self, caller_speech: np.ndarray, *serve_args: str) -> None:
-        self.rig = ControllerOnPulse(*serve_args)
+        self.rig = ServedController.on_pulse(*serve_args)
         self.pulse = self.rig.pulse
         self.observer = self.rig.observer
         self.caller_speech = caller_speech

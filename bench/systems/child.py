@@ -16,7 +16,8 @@ import time
 from collections.abc import Sequence
 from typing import IO, Any
 
-from callctl.engine.soundserver import PlaybackObserver, PulseServer
+from testing.observer import PlaybackObserver
+from testing.pulse import PulseServer
 
 
 class ChildError(RuntimeError):

@@ -10,25 +10,16 @@ by ``bench/pipecat_venv.sh`` (``make bench`` runs it).
 from __future__ import annotations
 
 import time
-import wave
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
 from bench.systems.child import ChildSystem
+from testing.sounds import write_wav
 
 BENCH = Path(__file__).resolve().parents[1]
 VENV_PYTHON = BENCH / ".venv-pipecat" / "bin" / "python"
-
-
-def write_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(np.asarray(samples, np.int16).tobytes())
-    return path
 
 
 class PipecatSystem(ChildSystem):

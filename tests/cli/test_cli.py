@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from testing.cli import callctl
-from tests.conftest import write_caller_wav
+from testing.sounds import write_caller_wav
 
 
 def test_help_teaches_and_unknown_commands_fail_with_2() -> None:

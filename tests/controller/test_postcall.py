@@ -367,7 +367,7 @@ def test_a_hangup_during_the_previous_calls_upload_is_not_delayed_and_cancel_clo
 
 def test_callctl_call_clone_voice_shows_progress_and_prints_the_voice_id(
         tmp_path: Path, caller_speech: np.ndarray) -> None:
-    from tests.conftest import write_caller_wav
+    from testing.sounds import write_caller_wav
 
     mic = write_caller_wav(tmp_path / "mic.wav", caller_speech, [3.0], 30)
     out = callctl("call", "--endpoint", f"ipc://{tmp_path}/ctl", "--device", "virtual",

@@ -25,9 +25,9 @@ import pytest
 import zmq
 
 from callctl.engine import protocol
-from callctl.engine.agent_server.voice import Voice
 from callctl.engine.audio_client import AudioProcess, ControlClient
-from callctl.engine.wavfile import GrowingWav, read_wav
+from callctl.engine.wavfile import read_wav
+from testing.sounds import write_caller_wav
 
 RATE = 16_000
 SENTINEL_KEY = "sk_sentinel_0f9e8d7c6b5a4f3e2d1c"
@@ -68,16 +68,6 @@ class Rig:
         return [e for e in self.events if e["event"] == name]
 
 
-def caller_wav(path: Path, speech_at: float, total: float) -> None:
-    speech = Voice().render("Hello, I would like to book a table for two people tonight please.")
-    mic = np.zeros(int(total * RATE), np.int16)
-    start = int(speech_at * RATE)
-    mic[start : start + len(speech)] = speech[: len(mic) - start]
-    wav = GrowingWav(path, RATE, 1)
-    wav.append(mic)
-    wav.close()
-
-
 def start_server(tmp: Path, *args: str, env: dict[str, str] | None = None
                  ) -> tuple[subprocess.Popen[str], str]:
     log = open(tmp / "server.log", "w")  # noqa: SIM115 - closed with the process
@@ -92,12 +82,12 @@ def start_server(tmp: Path, *args: str, env: dict[str, str] | None = None
 
 
 @pytest.fixture
-def rig_factory(tmp_path: Path) -> Iterator[Any]:
+def rig_factory(tmp_path: Path, caller_speech: np.ndarray) -> Iterator[Any]:
     rigs: list[Rig] = []
 
     def make(*server_args: str, speech_at: float = 8.0, env: dict[str, str] | None = None
              ) -> Rig:
-        caller_wav(tmp_path / "mic.wav", speech_at, speech_at + 12)
+        write_caller_wav(tmp_path / "mic.wav", caller_speech, [speech_at], speech_at + 12)
         server, base_url = start_server(tmp_path, *server_args, env=env)
         prefix = f"callctl-agt-{uuid.uuid4().hex[:8]}"
         audio = AudioProcess(

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,9 +31,11 @@ pytest.importorskip("jack", reason="JACK-Client (PyPI) is needed for the JACK ob
 
 from callctl.engine.audio_client import AudioProcess, AudioProcessError  # noqa: E402
 from callctl.engine.ring import AudioRing  # noqa: E402
+from testing.audio_rig import start_audio_process  # noqa: E402
 from testing.jack import JackObserver, JackServer  # noqa: E402
+from testing.measure import largest_step, peak  # noqa: E402
+from testing.sounds import RATE, tone  # noqa: E402
 
-RATE = 16_000
 PERIOD = 160
 JACK_DEVICE = "system"  # PortAudio's name for the JACK server's physical ports
 SOUND = 33  # |x| above this is sound (-60 dBFS)
@@ -63,20 +64,14 @@ def spawn(tmp: Path, server: JackServer, *extra: str) -> AudioProcess:
     only if the process refuses it (exits before it answers).
     """
     errors = []
-    for n, device in enumerate((f"portaudio:{JACK_DEVICE}", JACK_DEVICE)):
-        prefix = f"callctl-jk-{uuid.uuid4().hex[:8]}"
-        endpoint = f"ipc://{tmp}/audio-{uuid.uuid4().hex[:6]}"
-        log = tmp / f"audio-{prefix}-{n}.stderr"
-        with open(log, "wb") as err:  # a file, not a pipe: nobody has to drain it
-            proc = AudioProcess(endpoint, prefix, ["--device", device, *extra],
-                                env=server.child_env(), stderr=err.fileno())
+    for device in (f"portaudio:{JACK_DEVICE}", JACK_DEVICE):
         try:
-            status = proc.wait_ready(timeout=15)
+            proc = start_audio_process(tmp, ["--device", device, *extra], server.child_env(),
+                                       "jk", ready_timeout=15)
         except AudioProcessError as exc:
-            proc.stop()
-            text = log.read_text(errors="replace").strip()
-            errors.append(f"--device {device}: {exc}: {text[-500:]}")
+            errors.append(f"--device {device}: {exc}")
             continue
+        status = proc.request({"cmd": "status"})
         assert status["device"] == JACK_DEVICE, status
         assert status["device_rate"] == RATE and status["period_frames"] == PERIOD, status
         return proc
@@ -90,19 +85,6 @@ def running(tmp: Path, server: JackServer, *extra: str) -> Iterator[AudioProcess
         yield proc
     finally:
         proc.stop()
-
-
-def tone(seconds: float, freq: float = 440.0, level: float = 0.5) -> np.ndarray:
-    t = np.arange(int(seconds * RATE)) / RATE
-    return np.round(level * 32767 * np.sin(2 * np.pi * freq * t)).astype(np.int16)
-
-
-def largest_step(x: np.ndarray) -> int:
-    return int(np.abs(np.diff(x.astype(np.int32))).max()) if x.size > 1 else 0
-
-
-def peak(x: np.ndarray) -> int:
-    return int(np.abs(x.astype(np.int32)).max()) if x.size else 0
 
 
 def start_call(proc: AudioProcess, observer: JackObserver) -> None:
@@ -176,7 +158,7 @@ def hangup_once(proc: AudioProcess, ring: AudioRing, observer: JackObserver,
     approach = observer.segment(last - 0.020, last + 1 / RATE)
     return {
         "silence_ms": (last - sent) * 1000,
-        "click_db": 20 * np.log10(max(peak(tail), 1) / peak(before)),
+        "click_db": 20 * np.log10(max(peak(tail), 1.0) / peak(before)),
         "tail_step": largest_step(approach),
         "engine_silent_ms": float(reply["silent_ms"]),
     }

@@ -15,42 +15,21 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from callctl.engine.audio_client import AudioProcess
 from callctl.engine.ring import AudioRing
-from callctl.engine.soundserver import PlaybackObserver, PulseServer
-
-RATE = 16_000
-
-
-@pytest.fixture(scope="module")
-def pulse() -> Iterator[PulseServer]:
-    with PulseServer() as server:
-        yield server
-
-
-@pytest.fixture
-def observer(pulse: PulseServer) -> Iterator[PlaybackObserver]:
-    with PlaybackObserver(pulse) as obs:
-        yield obs
+from testing.audio_rig import hear_caller, start_audio_process
+from testing.measure import peak
+from testing.observer import PlaybackObserver
+from testing.pulse import PulseServer
+from testing.sounds import RATE, tone
 
 
 def spawn(tmp: Path, pulse: PulseServer, *extra: str) -> AudioProcess:
-    prefix = f"callctl-pa-{uuid.uuid4().hex[:8]}"
-    proc = AudioProcess(f"ipc://{tmp}/audio", prefix, ["--device", "pulse", *extra],
-                        env=pulse.child_env(), stderr=subprocess.PIPE)
-    proc.wait_ready()
-    return proc
-
-
-def tone(seconds: float, freq: float = 440.0) -> np.ndarray:
-    t = np.arange(int(seconds * RATE)) / RATE
-    return (0.5 * 32767 * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+    return start_audio_process(tmp, ["--device", "pulse", *extra], pulse.child_env(), "pa")
 
 
 def test_hangup_silences_the_device_as_an_external_observer_hears_it(
@@ -93,22 +72,9 @@ def test_microphone_reaches_the_capture_ring(tmp_path: Path, pulse: PulseServer,
     proc = spawn(tmp_path, pulse)
     try:
         assert proc.request({"cmd": "start"})["ok"]
-        capture = AudioRing.attach(proc.ring_prefix + "-cap")
-        try:
-            capture.flush()
-            # Speech, not a tone: noise suppression rightly treats a steady tone as noise.
-            feeder = pulse.feed_mic(caller_speech)
-            got = np.zeros(RATE * 3, np.int16)
-            n = 0
-            deadline = time.monotonic() + 4
-            while time.monotonic() < deadline and n < len(got):
-                n += capture.read_available_into(got[n:])
-                time.sleep(0.02)
-            feeder.wait(5)
-        finally:
-            capture.close()
-            peak = int(np.abs(caller_speech.astype(np.int32)).max())
-        assert np.abs(got[:n].astype(np.int32)).max() > peak / 4, "the speech was captured"
+        # Speech, not a tone: noise suppression rightly treats a steady tone as noise.
+        got = hear_caller(proc, pulse, caller_speech)
+        assert peak(got) > peak(caller_speech) / 4, "the speech was captured"
         proc.request({"cmd": "hangup"})
     finally:
         proc.stop()

@@ -4,7 +4,7 @@ A fixture starts a private PipeWire (``testing.pipewire.PipeWireServer``:
 ``pipewire``, ``wireplumber`` and ``pipewire-pulse``, headless, with two
 16 kHz mono null sinks as speaker and microphone). The audio process opens
 ``--device pulse`` on its pulse socket, exactly as on PulseAudio, and
-``engine.soundserver.PlaybackObserver`` (``parec`` on the speaker's monitor)
+``testing.observer.PlaybackObserver`` (``parec`` on the speaker's monitor)
 records what was played. Figures follow the definitions in
 ``testing.measure``. With the observer attached PipeWire's graph runs in
 5 ms cycles (the observer asks for 80 frames, the smallest request wins).
@@ -12,9 +12,7 @@ records what was played. Figures follow the definitions in
 
 from __future__ import annotations
 
-import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,11 +21,12 @@ import pytest
 
 from callctl.engine.audio_client import AudioProcess
 from callctl.engine.ring import AudioRing
-from callctl.engine.soundserver import PlaybackObserver
-from testing.measure import ObserverRecording, ending, largest_step, peak
+from testing.audio_rig import hear_caller, start_audio_process
+from testing.measure import ending, largest_step, peak
+from testing.observer import PlaybackObserver
 from testing.pipewire import PipeWireServer
+from testing.sounds import RATE, tone
 
-RATE = 16_000
 SOUND = 33  # |x| above this is sound (-60 dBFS)
 
 
@@ -39,25 +38,12 @@ def pipewire() -> Iterator[PipeWireServer]:
 
 @pytest.fixture
 def observer(pipewire: PipeWireServer) -> Iterator[PlaybackObserver]:
-    # PlaybackObserver needs only the server's ``env`` and ``monitor``.
-    with PlaybackObserver(pipewire) as obs:  # type: ignore[arg-type]
+    with PlaybackObserver(pipewire) as obs:
         yield obs
 
 
 def spawn(tmp: Path, server: PipeWireServer, *extra: str) -> AudioProcess:
-    prefix = f"callctl-pw-{uuid.uuid4().hex[:8]}"
-    log = tmp / f"{prefix}.stderr"
-    with open(log, "wb") as err:  # a file, not a pipe: nobody has to drain it
-        proc = AudioProcess(f"ipc://{tmp}/audio-{uuid.uuid4().hex[:6]}", prefix,
-                            ["--device", "pulse", *extra], env=server.child_env(),
-                            stderr=err.fileno())
-    proc.wait_ready()
-    return proc
-
-
-def tone(seconds: float, freq: float = 440.0, level: float = 0.5) -> np.ndarray:
-    t = np.arange(int(seconds * RATE)) / RATE
-    return np.round(level * 32767 * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+    return start_audio_process(tmp, ["--device", "pulse", *extra], server.child_env(), "pw")
 
 
 def test_a_tone_written_to_the_playback_ring_is_heard_at_the_speaker(
@@ -96,7 +82,6 @@ def test_a_tone_written_to_the_playback_ring_is_heard_at_the_speaker(
 
 def test_hangups_while_a_tone_plays_fade_at_the_speaker_without_a_step(
         tmp_path: Path, pipewire: PipeWireServer, observer: PlaybackObserver) -> None:
-    rec = ObserverRecording(observer)
     proc = spawn(tmp_path, pipewire, "--no-aec")
     ring = AudioRing.attach(proc.ring_prefix + "-play")
     results = []
@@ -110,9 +95,9 @@ def test_hangups_while_a_tone_plays_fade_at_the_speaker_without_a_step(
             reply = proc.request({"cmd": "hangup"})
             assert reply["ok"] and reply["was_running"], reply
             ring.write(tone(0.2))  # written after the hangup: must never play
-            end = ending(rec, sent, bound_s=1.0, wait=5.0)
+            end = ending(observer, sent, bound_s=1.0, wait=5.0)
             assert end.silence_ms is not None and end.click_db is not None, end
-            around, _ = rec.window(sent - 0.03, sent + end.silence_ms / 1000 + 0.01)
+            around, _ = observer.window(sent - 0.03, sent + end.silence_ms / 1000 + 0.01)
             results.append((end, largest_step(sound), largest_step(around),
                             (reply["first_silent_at"] - sent) * 1000))
     finally:
@@ -141,24 +126,9 @@ def test_microphone_reaches_the_capture_ring(tmp_path: Path, pipewire: PipeWireS
     proc = spawn(tmp_path, pipewire)
     try:
         assert proc.request({"cmd": "start"})["ok"]
-        capture = AudioRing.attach(proc.ring_prefix + "-cap")
-        try:
-            capture.flush()
-            # Speech, not a tone: noise suppression rightly treats a steady tone as noise.
-            feeder = pipewire.feed_mic(caller_speech)
-            got = np.zeros(RATE * 3, np.int16)
-            n = 0
-            deadline = time.monotonic() + 4
-            while time.monotonic() < deadline and n < len(got):
-                n += capture.read_available_into(got[n:])
-                time.sleep(0.02)
-            try:
-                feeder.wait(5)
-            except subprocess.TimeoutExpired:
-                feeder.kill()
-        finally:
-            capture.close()
-        assert peak(got[:n]) > peak(caller_speech) / 4, "the speech was captured"
+        # Speech, not a tone: noise suppression rightly treats a steady tone as noise.
+        got = hear_caller(proc, pipewire, caller_speech)
+        assert peak(got) > peak(caller_speech) / 4, "the speech was captured"
         proc.request({"cmd": "hangup"})
     finally:
         proc.stop()

@@ -2,8 +2,8 @@
 
 Every figure is taken by an external observer (``parec`` on the speaker's
 monitor), never from what the engine says it wrote. The click figure and the
-silence time follow the definitions in ``testing/measure.py``; ``silence_after``/``click_db``
-here are local helpers (``testing/measure.py`` did not exist yet).
+silence time follow the definitions in ``testing.measure`` (and
+``testing.audio_rig.click_db``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import sys
 import time
 import uuid
 import wave
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,51 +21,15 @@ import pytest
 from callctl.engine.audio_client import AudioProcess
 from callctl.engine.devices.pulse import DEFAULT_PERIOD_SECONDS
 from callctl.engine.ring import AudioRing
-from callctl.engine.soundserver import PlaybackObserver, PulseServer
-
-RATE = 16_000
-THRESHOLD = 33  # -60 dBFS
-
-
-@pytest.fixture(scope="module")
-def pulse() -> Iterator[PulseServer]:
-    with PulseServer() as server:
-        yield server
-
-
-@pytest.fixture
-def observer(pulse: PulseServer) -> Iterator[PlaybackObserver]:
-    with PlaybackObserver(pulse) as obs:
-        yield obs
+from testing.audio_rig import click_db, start_audio_process
+from testing.measure import largest_step
+from testing.observer import PlaybackObserver
+from testing.pulse import PulseServer
+from testing.sounds import RATE, tone
 
 
 def spawn(tmp: Path, pulse: PulseServer, *extra: str) -> AudioProcess:
-    prefix = f"callctl-dp-{uuid.uuid4().hex[:8]}"
-    proc = AudioProcess(f"ipc://{tmp}/audio-{uuid.uuid4().hex[:6]}", prefix,
-                        ["--device", "pulse", *extra], env=pulse.child_env(),
-                        stderr=subprocess.PIPE)
-    proc.wait_ready()
-    return proc
-
-
-def tone(seconds: float, freq: float = 440.0, amplitude: float = 0.5) -> np.ndarray:
-    t = np.arange(int(seconds * RATE)) / RATE
-    return (amplitude * 32767 * np.sin(2 * np.pi * freq * t)).astype(np.int16)
-
-
-def peak(x: np.ndarray) -> float:
-    return float(np.abs(x.astype(np.float64)).max(initial=0.0))
-
-
-def click_db(obs: PlaybackObserver, sent: float, last: float) -> float:
-    """Peak of the last 1 ms before silence over the peak of the 10 ms before the hangup, dB."""
-    tail = obs.segment(last - 0.001, last + 1 / RATE)
-    before = obs.segment(sent - 0.010, sent)
-    return 20 * float(np.log10(max(peak(tail), 1.0) / peak(before)))
-
-
-def largest_step(x: np.ndarray) -> int:
-    return int(np.abs(np.diff(x.astype(np.int32))).max(initial=0))
+    return start_audio_process(tmp, ["--device", "pulse", *extra], pulse.child_env(), "dp")
 
 
 def test_status_names_the_backend_and_the_server_latency(tmp_path: Path,

@@ -21,9 +21,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from tests.conftest import write_caller_wav  # noqa: E402
-
-READY_TIMEOUT_MS = 30_000
+from testing.sounds import write_caller_wav  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

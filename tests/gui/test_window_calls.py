@@ -16,8 +16,9 @@ from PyQt6.QtCore import Qt
 from callctl.engine import protocol
 from callctl.engine.audio_client import ControlClient
 from callctl.gui.loopwatch import LoopWatch
-from tests.gui.conftest import READY_TIMEOUT_MS
+from testing.served import READY_TIMEOUT_S
 
+READY_TIMEOUT_MS = int(READY_TIMEOUT_S * 1000)
 STALL_BOUND_MS = 16.0
 """No gap of the event loop's own making may reach one 60 Hz frame."""
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PyQt6.QtCore import Qt
 
-from callctl.engine.soundserver import PlaybackObserver, PulseServer
+from testing.observer import PlaybackObserver
+from testing.pulse import PulseServer
 from tests.gui.test_window_calls import wait_ready
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from callctl.engine.audio_client import ControlClient
-from callctl.engine.soundserver import PulseServer
+from testing.pulse import PulseServer
 
 
 def assert_valid_recording(path: str | Path, at_least_s: float = 1.0) -> None:

@@ -38,9 +38,9 @@ def test_status_flood_causes_no_xrun_and_does_not_delay_a_hangup() -> None:
     """On a real sound server (a private PulseAudio, the native backend), whose device
     reports underruns: the virtual device never reports any, so there the xrun check
     could not fail."""
-    from bench.harness import ControllerOnPulse
+    from testing.served import ServedController
 
-    rig = ControllerOnPulse()
+    rig = ServedController.on_pulse()
     try:
         assert rig.request({"cmd": "call"})["ok"]
         status = rig.wait_state("in_call")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
-from testing.measure import GAP_S, click_db, largest_step, silence_after
+from testing.measure import GAP_S, amplitude, click_db, dbfs, largest_step, peak_dbfs, silence_after
 
 RATE = 16_000
 
@@ -64,3 +66,16 @@ def test_a_hard_cut_is_a_click_and_a_fade_is_not() -> None:
     end = silence_after(samples, times, 100.5)
     assert end is not None
     assert click_db(samples, times, 100.5, end) < -20
+
+
+def test_levels_in_dbfs() -> None:
+    square = np.full(1600, -32768, dtype=np.int16)
+    square[::2] = 32767
+    assert dbfs(square) == pytest.approx(0.0, abs=0.01)
+    sine = (32767 * np.sin(2 * np.pi * 1000 * np.arange(16000) / RATE)).astype(np.int16)
+    assert dbfs(sine) == pytest.approx(-3.01, abs=0.02)
+    assert peak_dbfs(sine) == pytest.approx(0.0, abs=0.01)
+    assert dbfs(np.zeros(100, np.int16)) == -math.inf
+    assert dbfs(np.zeros(0, np.int16)) == -math.inf
+    assert peak_dbfs([]) == -math.inf
+    assert amplitude(-60.0) == pytest.approx(32.768)

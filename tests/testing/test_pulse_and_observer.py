@@ -1,4 +1,5 @@
-"""Tests for engine.soundserver: a real private PulseAudio server, PortAudio, an observer.
+"""Tests for testing.pulse and testing.observer: a real private PulseAudio server,
+PortAudio on it, the observer on its speaker.
 
 Every test starts its own server. PortAudio runs in a subprocess under
 ``server.env`` (ALSA reads its configuration once per process). Every wait is
@@ -16,19 +17,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from callctl.engine.soundserver import (
-    PlaybackObserver,
-    PulseServer,
-    PulseServerError,
-    dbfs,
-    dbfs_to_amplitude,
-    find_portaudio_device,
-    peak_dbfs,
-)
+from testing.measure import amplitude, dbfs, peak_dbfs
+from testing.observer import PlaybackObserver
+from testing.pulse import PulseServer, PulseServerError, find_portaudio_device
 
 RATE = 16000
 
@@ -159,7 +155,7 @@ def _run_child(
 
 def _tone(freq: float, seconds: float, level_dbfs: float = -12.0) -> np.ndarray:
     n = int(round(seconds * RATE))
-    amp = dbfs_to_amplitude(level_dbfs)
+    amp = amplitude(level_dbfs)
     return (amp * np.sin(2 * np.pi * freq * np.arange(n) / RATE)).astype(np.int16)
 
 
@@ -172,22 +168,6 @@ def _dominant_hz(x: np.ndarray) -> float:
 def server() -> Iterator[PulseServer]:
     with PulseServer() as srv:
         yield srv
-
-
-# --------------------------------------------------------------------------- levels
-
-
-def test_dbfs_helpers() -> None:
-    square = np.full(1600, -32768, dtype=np.int16)
-    square[::2] = 32767
-    assert dbfs(square) == pytest.approx(0.0, abs=0.01)
-    sine = (32767 * np.sin(2 * np.pi * 1000 * np.arange(16000) / RATE)).astype(np.int16)
-    assert dbfs(sine) == pytest.approx(-3.01, abs=0.02)
-    assert peak_dbfs(sine) == pytest.approx(0.0, abs=0.01)
-    assert dbfs(np.zeros(100, np.int16)) == -math.inf
-    assert dbfs(np.zeros(0, np.int16)) == -math.inf
-    assert peak_dbfs([]) == -math.inf
-    assert dbfs_to_amplitude(-60.0) == pytest.approx(32.768)
 
 
 # --------------------------------------------------------------------------- server
@@ -365,7 +345,7 @@ def test_portaudio_duplex_callback_stream_reaches_this_server(
 
     # The microphone: the caller's 440 Hz reached the mic monitor and the stream's input.
     assert mic_observer.first_sound_after(0.0) is not None
-    assert result["captured_peak"] > dbfs_to_amplitude(-20.0)
+    assert result["captured_peak"] > amplitude(-20.0)
     # (On a loaded machine over/underruns mangle the capture: 421-428 Hz seen.)
     assert result["captured_peak_hz"] == pytest.approx(440.0, abs=40.0)
 
@@ -373,7 +353,7 @@ def test_portaudio_duplex_callback_stream_reaches_this_server(
 def test_find_portaudio_device_in_child(server: PulseServer) -> None:
     code = (
         "import pyaudio\n"
-        "from engine.soundserver import find_portaudio_device\n"
+        "from testing.pulse import find_portaudio_device\n"
         "pa = pyaudio.PyAudio()\n"
         "print(find_portaudio_device(pa, 'pulse'), find_portaudio_device(pa, 'default'))\n"
         "try:\n"
@@ -385,6 +365,7 @@ def test_find_portaudio_device_in_child(server: PulseServer) -> None:
     result = subprocess.run(
         [sys.executable, "-c", code],
         env=server.child_env(),
+        cwd=Path(__file__).resolve().parents[2],  # the repository: ``testing`` is importable
         capture_output=True,
         text=True,
         timeout=30.0,
