@@ -21,7 +21,7 @@ from typing import Any
 
 import zmq
 
-from callctl.engine.audio_client import ControlClient
+from callctl.engine.control_client import ControlClient
 from callctl.engine.soundserver import PlaybackObserver, PulseServer
 
 

@@ -28,7 +28,7 @@ from callctl.controller.controller import Controller
 from callctl.controller.options import add_controller_options, controller_config
 from callctl.controller.serve import install_stop_signals
 from callctl.engine import protocol
-from callctl.engine.audio_client import ControlClient
+from callctl.engine.control_client import ControlClient
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 POSTCALL_WAIT_S = 600.0

@@ -18,7 +18,7 @@ from callctl.controller import endpoints
 from callctl.controller.calls import printable
 from callctl.controller.curve import ClientKeys, CurveError, curve_dir
 from callctl.controller.options import add_endpoint
-from callctl.engine.audio_client import ControlClient
+from callctl.engine.control_client import ControlClient
 
 EXIT_OK, EXIT_NOTHING, EXIT_USAGE = 0, 1, 2
 

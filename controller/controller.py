@@ -7,12 +7,15 @@ loop waits on the control socket (REP), the agent processes' event socket
 child's exit wakes it at once; timers (the agent's kill deadline, the levels
 tick) bound each wait.
 
-Children (spawned from this thread: ``engine.lifeline`` ties their lives to
-it): the audio process (warm across calls, replaced if it dies), a standby
-agent process (imports done and, once ready, ``prepare``d for the default
-agent: its session built before the call), the call's agent process, and
-the local agent server when the agent is ``local`` (started with the
-controller, so the standby can be prepared for the first call).
+Children (spawned from this thread through ``engine.child``, which ties their
+lives to it): the audio process (warm across calls), a standby agent process
+(imports done and, once ready, ``prepare``d for the default agent: its session
+built before the call), the call's agent process, and the local agent server
+when the agent is ``local`` (started with the controller, so the standby can
+be prepared for the first call). The audio process, the standby and the local
+agent server are each kept by a ``child.Restarter``: one that dies is replaced
+(at most ``RESTART_LIMIT`` times in ``RESTART_WINDOW_S``; a call asked for is
+a fresh attempt), and its readiness is checked once a turn, never waited for.
 
 The hangup (DESIGN.md): the agent is told to end (a message that waits for
 nothing, sent first); the audio process silences and stops at once (one
@@ -46,18 +49,19 @@ from callctl.controller.postcall import (
     release_claim,
     reserve_failure_note,
 )
-from callctl.engine import protocol
-from callctl.engine.agent_client import AgentProcess, AgentServerProcess
-from callctl.engine.audio_client import (
-    AudioProcess,
-    AudioProcessError,
-    sweep_stale_segments,
-    unlink_rings,
-)
+from callctl.engine import child, protocol
+from callctl.engine.agent_child import AgentProcess, AgentServerProcess
+from callctl.engine.audio_child import AudioProcess, AudioProcessError, sweep_stale_segments
 from callctl.engine.credentials import load_credentials
 from callctl.engine.serving import RequestSocket
 
 STANDBY_READY_TIMEOUT = 30.0
+AUDIO_READY_TIMEOUT = 15.0
+"""Seconds a (re)started audio process has to answer ``status``."""
+RESTART_LIMIT = 5
+RESTART_WINDOW_S = 60.0
+"""A kept child (audio process, standby, local agent server) is restarted at most
+``RESTART_LIMIT`` times in ``RESTART_WINDOW_S`` seconds; then not until a call is asked."""
 CONNECT_TIMEOUT = 15.0
 LEVELS_INTERVAL = 0.1
 STATUS_MAX_AGE = 0.1
@@ -154,9 +158,21 @@ class Controller:
         self.has_key = load_credentials(Path(config.config_path) if config.config_path
                                         else None).has_key
         self.audio: AudioProcess | None = None
-        self.standby: AgentProcess | None = None
+        """The audio process once it has answered; None while it is (re)starting."""
         self.agent: AgentProcess | None = None
-        self.server: AgentServerProcess | None = None
+        self.audio_keeper: child.Restarter[AudioProcess] = child.Restarter(
+            self._new_audio, alive=AudioProcess.alive, ready=AudioProcess.poll_ready,
+            discard=AudioProcess.discard, limit=RESTART_LIMIT, window_s=RESTART_WINDOW_S,
+            ready_timeout_s=AUDIO_READY_TIMEOUT, what="the audio process")
+        self.standby_keeper: child.Restarter[AgentProcess] = child.Restarter(
+            self._new_standby, alive=AgentProcess.alive, ready=lambda a: a.ready,
+            discard=_discard_agent, limit=RESTART_LIMIT, window_s=RESTART_WINDOW_S,
+            ready_timeout_s=STANDBY_READY_TIMEOUT, what="the agent process")
+        self.server_keeper: child.Restarter[AgentServerProcess] = child.Restarter(
+            self._new_server, alive=AgentServerProcess.alive,
+            ready=AgentServerProcess.poll_ready, discard=AgentServerProcess.discard,
+            limit=RESTART_LIMIT, window_s=RESTART_WINDOW_S,
+            ready_timeout_s=STANDBY_READY_TIMEOUT, what="the local agent server")
         self.call: Call | None = None
         self.state = CallState.IDLE
         self.reason: str | None = None
@@ -217,23 +233,38 @@ class Controller:
             self._logs[name] = os.fdopen(fd, "ab")
         return self._logs[name]
 
-    def _start_audio(self) -> None:
-        prefix = f"callctl-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        audio = AudioProcess(f"ipc://{self.private}/a{uuid.uuid4().hex[:4]}", prefix,
-                             self.config.audio_args())
-        try:
-            audio.wait_ready()
-        except AudioProcessError as exc:
-            audio.stop()
-            raise RuntimeError(f"audio: {exc}") from None
-        self.audio = audio
+    @property
+    def standby(self) -> AgentProcess | None:
+        """The next call's agent process (ready or not yet), kept by ``standby_keeper``."""
+        return self.standby_keeper.current
 
-    def _spawn_standby(self) -> None:
+    @property
+    def server(self) -> AgentServerProcess | None:
+        """The local agent server (ready or not yet), kept by ``server_keeper``."""
+        return self.server_keeper.current
+
+    def _new_audio(self) -> AudioProcess:
+        prefix = f"callctl-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        return AudioProcess(f"ipc://{self.private}/a{uuid.uuid4().hex[:4]}", prefix,
+                            self.config.audio_args())
+
+    def _start_audio(self) -> None:
+        """The first audio process, waited for (before the loop runs)."""
+        audio = self.audio_keeper.begin()
+        try:
+            audio.wait_ready(AUDIO_READY_TIMEOUT)
+        except AudioProcessError as exc:
+            self.audio_keeper.stop(how=AudioProcess.stop)
+            raise RuntimeError(f"audio: {exc}") from None
+        self.audio_keeper.poll()  # it answered: ready from this turn
+        self.audio = self.audio_keeper.ready_child
+
+    def _new_standby(self) -> AgentProcess:
         n = self.calls_started + 1
-        self.standby = AgentProcess(f"ipc://{self.private}/g{n}-{uuid.uuid4().hex[:4]}",
-                                    f"ipc://{self.private}/ev",
-                                    stderr=self._log("agent"), config=self.config.config_path,
-                                    context=self.ctx)
+        return AgentProcess(f"ipc://{self.private}/g{n}-{uuid.uuid4().hex[:4]}",
+                            f"ipc://{self.private}/ev",
+                            stderr=self._log("agent"), config=self.config.config_path,
+                            context=self.ctx)
 
     # -- publishing -------------------------------------------------------------
 
@@ -264,9 +295,9 @@ class Controller:
             self.postcall.resume(self.config.record_dir)  # what a dead controller left
             if self.config.agent == "local":
                 # Up before the first call, so the standby can be prepared for it.
-                self._spawn_server()
+                self.server_keeper.begin()
             if self.config.standby:
-                self._spawn_standby()
+                self.standby_keeper.begin()
             while not (self._stopping and self.state not in (CallState.STARTING,
                                                               CallState.ENDING)):
                 self._wait_and_dispatch()
@@ -281,8 +312,9 @@ class Controller:
         for agent in (self.standby, self.agent):
             if agent is not None:
                 poller.register(agent.socket, zmq.POLLIN)
-                if agent.pidfd is not None:
-                    poller.register(agent.pidfd, zmq.POLLIN)
+        for kept in (self.standby, self.agent, self.audio_keeper.current, self.server):
+            if kept is not None and kept.child.pidfd is not None:
+                poller.register(kept.child.pidfd, zmq.POLLIN)  # an exit wakes the loop
         busy = self.state in (CallState.STARTING, CallState.ENDING)
         timeout = 0.005 if busy else 0.05
         if self.call is not None and self.call.kill_at is not None:
@@ -342,7 +374,7 @@ class Controller:
             pids={"audio": self.audio.pid if self.audio else None,
                   "agent": self.agent.pid if self.agent else None,
                   "standby": self.standby.pid if self.standby else None,
-                  "agent_server": self.server.popen.pid if self.server else None},
+                  "agent_server": self.server.pid if self.server else None},
         )
 
     # -- starting a call --------------------------------------------------------
@@ -357,22 +389,26 @@ class Controller:
                                   "hang up first")
         if self._stopping:
             return protocol.error("the controller is shutting down")
-        if self.audio is None:
-            return protocol.error("the audio process is not running")
         agent = agent or self.config.agent
+        # A call asked for is a fresh attempt at any kept child that was given up on.
+        keepers: list[child.Restarter[Any]] = [self.audio_keeper, self.standby_keeper]
+        if agent == "local":
+            keepers.append(self.server_keeper)
+        for keeper in keepers:
+            if keeper.gave_up is not None or (keeper is not self.standby_keeper
+                                              and keeper.current is None):
+                keeper.reset()
         call_id = new_call_id()
         self.call = Call(call_id, agent, self.config.base_url,
                          self.config.record_dir / call_id,
                          clone_voice=clone_voice.strip() if clone_voice else None)
         self.calls_started += 1
-        if agent == "local" and (self.server is None or not self.server.alive()):
-            self._spawn_server()
         self._set_state(CallState.STARTING)
         return protocol.ok(call_id=call_id, state=self.state.value)
 
-    def _spawn_server(self) -> None:
-        self.server = AgentServerProcess(self.config.agent_server_args,
-                                         stderr=self._log("agent-server"))
+    def _new_server(self) -> AgentServerProcess:
+        return AgentServerProcess(self.config.agent_server_args,
+                                  stderr=self._log("agent-server"))
 
     def _session_fields(self, agent: str, base_url: str | None) -> dict[str, Any] | None:
         """What the agent process is started (or prepared) with; None while unknown."""
@@ -408,18 +444,31 @@ class Controller:
             if call.connected_at is None and now - call.requested_at > CONNECT_TIMEOUT:
                 self._end_call("the agent did not answer (unreachable?)", failed=True)
             return
+        if self.audio is None:  # being restarted: ready within a turn or a few
+            why = self.audio_keeper.gave_up
+            if why is not None:
+                self._end_call(f"the audio process is not running ({why})", failed=True)
+            elif now - call.requested_at > AUDIO_READY_TIMEOUT:
+                self._end_call("the audio process did not start in time", failed=True)
+            return
         if call.agent == "local":
-            assert self.server is not None
-            if not self.server.poll_ready():
-                if not self.server.alive():
+            server = self.server
+            if server is None or not server.poll_ready():
+                if server is None:  # given up on (its death this turn ended the call)
                     self._end_call("the local agent server failed to start", failed=True)
                 elif now - call.requested_at > STANDBY_READY_TIMEOUT:
                     self._end_call("the local agent server did not start in time", failed=True)
                 return
         standby = self.standby
-        if standby is None or not standby.alive():
-            self._spawn_standby()
+        if standby is None:
+            if self.standby_keeper.gave_up is not None:
+                self._end_call(f"the agent process did not start "
+                               f"({self.standby_keeper.gave_up})", failed=True)
+            else:
+                self.standby_keeper.begin()  # no standby kept (``--no-standby``): now
             return
+        if not standby.alive():
+            return  # its keeper replaces it next turn
         if not standby.ready:
             standby.poke()
             if now - standby.spawned_at > STANDBY_READY_TIMEOUT:
@@ -443,9 +492,8 @@ class Controller:
         assert fields is not None  # the audio process answered and any local server is ready
         standby.start(**fields)
         call.agent_started = True
-        self.agent, self.standby = standby, None
-        if self.config.standby:
-            self._spawn_standby()  # the next call's, warming up while this one runs
+        # With a standby kept, the next call's starts warming up while this one runs.
+        self.agent = self.standby_keeper.take(start_next=self.config.standby)
 
     # -- agent events -----------------------------------------------------------
 
@@ -523,7 +571,7 @@ class Controller:
             call.kill_at = call.hangup_at + self.config.kill_after
         else:
             call.agent_exited_at = call.hangup_at
-        if call.audio_started and self.audio is not None and self.audio.popen.poll() is None:
+        if call.audio_started and self.audio is not None and self.audio.alive():
             try:
                 audio_reply = self.audio.request({"cmd": "hangup"}, timeout=0.5)
                 call.audio_silent_at = audio_reply.get("first_silent_at")
@@ -579,8 +627,7 @@ class Controller:
         for agent in (self.standby, self.agent):
             if agent is not None:
                 agent.read_replies()
-        if self.audio is not None and self.audio.popen.poll() is not None:
-            self._on_audio_died()
+        self._supervise()
         call = self.call
         if self.state == CallState.STARTING and call is not None:
             self._advance_start(call)
@@ -592,15 +639,30 @@ class Controller:
                 self._publish_levels(call)
         if self.state == CallState.ENDING and call is not None:
             self._advance_end(call)
-        if self.standby is not None:
-            if self.standby.alive():
-                self.standby.poke()
-                self._prepare_standby()
-            elif not self._stopping:
-                self.standby.reap(0)
-                self.standby = None
-                if self.config.standby:
-                    self._spawn_standby()
+        if self.standby is not None and self.standby.alive():
+            self.standby.poke()
+            self._prepare_standby()
+
+    def _supervise(self) -> None:
+        """One turn of each kept child's restarter: deaths noticed, replacements started,
+        readiness checked; never waits (a dead child's discard is a reap)."""
+        restart = not self._stopping
+        audio_turn = self.audio_keeper.poll(restart)
+        if audio_turn.died is not None and audio_turn.died is self.audio:
+            self._on_audio_died()
+        if audio_turn.became_ready:
+            self.audio = self.audio_keeper.ready_child
+            self._audio_cache = None
+        server_turn = self.server_keeper.poll(restart)
+        call = self.call
+        if (server_turn.died is not None and self.state == CallState.STARTING
+                and call is not None and call.agent == "local" and not call.agent_started):
+            self._end_call("the local agent server failed to start", failed=True)
+        self.standby_keeper.poll(restart)
+        for turn in (audio_turn, server_turn):
+            if turn.gave_up is not None:
+                self.publish(protocol.EVENT_ERROR, message=turn.gave_up,
+                             call_id=call.call_id if call else None)
 
     def _audio_status(self, max_age: float) -> dict[str, Any] | None:
         """The audio process's status, asked at most every ``max_age`` seconds.
@@ -651,40 +713,31 @@ class Controller:
                      xruns=status.get("xruns"))
 
     def _on_audio_died(self) -> None:
-        assert self.audio is not None
-        dead = self.audio
-        dead.stop()  # reaps and unlinks its rings
+        """The ready audio process died (its keeper has reaped it, unlinked its rings and,
+        unless stopping, started another): the call it served fails."""
         self.audio = None
         self._audio_cache = None
         self.publish(protocol.EVENT_ERROR, message="the audio process died",
                      call_id=self.call.call_id if self.call else None)
         if self.state in (CallState.STARTING, CallState.IN_CALL):
             self._end_call("audio", failed=True)
-        if not self._stopping:
-            self._start_audio()
 
     # -- shutdown ---------------------------------------------------------------
 
     def close(self) -> None:
         """End everything: children killed if need be and reaped, segments unlinked."""
-        for agent in (self.agent, self.standby):
-            if agent is not None:
-                agent.end()
+        standby = self.standby
+        self.standby_keeper.stop(how=lambda _: None)  # stopped below, with the call's agent
+        agents = [a for a in (self.agent, standby) if a is not None]
+        for agent in agents:
+            agent.end()  # both at once: they share the deadline
         deadline = time.monotonic() + self.config.kill_after
-        for agent in (self.agent, self.standby):
-            if agent is not None:
-                if agent.reap(timeout=max(0.0, deadline - time.monotonic())) is None:
-                    agent.kill()
-                    agent.reap()
-        self.agent = self.standby = None
-        if self.audio is not None:
-            prefix = self.audio.ring_prefix
-            self.audio.stop()
-            unlink_rings(prefix)
-            self.audio = None
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
+        for agent in agents:
+            agent.stop(grace=max(0.0, deadline - time.monotonic()))
+        self.agent = None
+        self.audio = None
+        self.audio_keeper.stop(how=AudioProcess.stop)  # shutdown, SIGTERM, SIGKILL; rings
+        self.server_keeper.stop(how=AgentServerProcess.stop)
         self.control.close(0)
         self.pull.close(0)
         self.pub.close(linger=1000)  # let the last events (call.ended) reach subscribers
@@ -698,3 +751,10 @@ class Controller:
                 Path(path[len("ipc://"):]).unlink(missing_ok=True)
         shutil.rmtree(self.private, ignore_errors=True)
         self._endpoint_lock.release()  # last: the sockets above were ours to remove
+
+
+def _discard_agent(agent: AgentProcess) -> None:
+    """A standby that died or never got ready: SIGKILL, reap (bounded), release."""
+    agent.kill()
+    agent.reap(child.KILL_WAIT_S)
+    agent.close()

@@ -25,7 +25,7 @@ import platformdirs
 import zmq
 
 from callctl.engine.agent_server.voice import Voice
-from callctl.engine.audio_client import ControlClient
+from callctl.engine.control_client import ControlClient
 from callctl.engine.ring import SAMPLE_RATE
 from callctl.engine.wavfile import GrowingWav, read_wav
 

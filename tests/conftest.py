@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import zmq
 
-from callctl.engine.audio_client import ControlClient
+from callctl.engine.control_client import ControlClient
 from callctl.engine.wavfile import GrowingWav
 
 RATE = 16_000

@@ -25,7 +25,8 @@ import pytest
 import zmq
 
 from callctl.engine.agent_server.voice import Voice
-from callctl.engine.audio_client import AudioProcess, ControlClient
+from callctl.engine.audio_child import AudioProcess
+from callctl.engine.control_client import ControlClient
 from callctl.engine.wavfile import GrowingWav, read_wav
 
 RATE = 16_000

@@ -30,7 +30,7 @@ import pytest
 
 pytest.importorskip("jack", reason="JACK-Client (PyPI) is needed for the JACK observer")
 
-from callctl.engine.audio_client import AudioProcess, AudioProcessError  # noqa: E402
+from callctl.engine.audio_child import AudioProcess, AudioProcessError  # noqa: E402
 from callctl.engine.ring import AudioRing  # noqa: E402
 from testing.jack import JackObserver, JackServer  # noqa: E402
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from callctl.engine.audio_client import AudioProcess
+from callctl.engine.audio_child import AudioProcess
 from callctl.engine.ring import AudioRing
 from callctl.engine.soundserver import PlaybackObserver, PulseServer
 

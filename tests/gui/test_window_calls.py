@@ -13,7 +13,7 @@ from typing import Any
 
 from PyQt6.QtCore import Qt
 
-from callctl.engine.audio_client import ControlClient
+from callctl.engine.control_client import ControlClient
 from callctl.gui.loopwatch import LoopWatch
 from tests.gui.conftest import READY_TIMEOUT_MS
 
