@@ -13,9 +13,9 @@ lives to it): the audio process (warm across calls), a standby agent process
 built before the call), the call's agent process, and the local agent server
 when the agent is ``local`` (started with the controller, so the standby can
 be prepared for the first call). The audio process, the standby and the local
-agent server are each kept by a ``child.Restarter``: one that dies is replaced
-(at most ``RESTART_LIMIT`` times in ``RESTART_WINDOW_S``; a call asked for is
-a fresh attempt), and its readiness is checked once a turn, never waited for.
+agent server are kept by ``controller.children``: one that dies is replaced
+(a bounded number of times; a call asked for is a fresh attempt), and its
+readiness is checked once a turn, never waited for.
 
 The hangup (DESIGN.md): the agent is told to end (a message that waits for
 nothing, sent first); the audio process silences and stops at once (one
@@ -30,16 +30,21 @@ import json
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import zmq
 
 from callctl.controller import endpoints
 from callctl.controller.call import Call, CallState, new_call_id
+from callctl.controller.children import (
+    AUDIO_READY_TIMEOUT,
+    STANDBY_READY_TIMEOUT,
+    ChildLogs,
+    KeptChildren,
+)
 from callctl.controller.curve import ServerKeys
 from callctl.controller.device_list import DeviceList
 from callctl.controller.endpoint_lock import EndpointLock
@@ -49,19 +54,12 @@ from callctl.controller.postcall import (
     release_claim,
     reserve_failure_note,
 )
-from callctl.engine import child, protocol
+from callctl.engine import protocol
 from callctl.engine.agent_child import AgentProcess, AgentServerProcess
-from callctl.engine.audio_child import AudioProcess, AudioProcessError, sweep_stale_segments
+from callctl.engine.audio_child import AudioProcess, sweep_stale_segments
 from callctl.engine.credentials import load_credentials
 from callctl.engine.serving import RequestSocket
 
-STANDBY_READY_TIMEOUT = 30.0
-AUDIO_READY_TIMEOUT = 15.0
-"""Seconds a (re)started audio process has to answer ``status``."""
-RESTART_LIMIT = 5
-RESTART_WINDOW_S = 60.0
-"""A kept child (audio process, standby, local agent server) is restarted at most
-``RESTART_LIMIT`` times in ``RESTART_WINDOW_S`` seconds; then not until a call is asked."""
 CONNECT_TIMEOUT = 15.0
 LEVELS_INTERVAL = 0.1
 STATUS_MAX_AGE = 0.1
@@ -160,19 +158,12 @@ class Controller:
         self.audio: AudioProcess | None = None
         """The audio process once it has answered; None while it is (re)starting."""
         self.agent: AgentProcess | None = None
-        self.audio_keeper: child.Restarter[AudioProcess] = child.Restarter(
-            self._new_audio, alive=AudioProcess.alive, ready=AudioProcess.poll_ready,
-            discard=AudioProcess.discard, limit=RESTART_LIMIT, window_s=RESTART_WINDOW_S,
-            ready_timeout_s=AUDIO_READY_TIMEOUT, what="the audio process")
-        self.standby_keeper: child.Restarter[AgentProcess] = child.Restarter(
-            self._new_standby, alive=AgentProcess.alive, ready=lambda a: a.ready,
-            discard=_discard_agent, limit=RESTART_LIMIT, window_s=RESTART_WINDOW_S,
-            ready_timeout_s=STANDBY_READY_TIMEOUT, what="the agent process")
-        self.server_keeper: child.Restarter[AgentServerProcess] = child.Restarter(
-            self._new_server, alive=AgentServerProcess.alive,
-            ready=AgentServerProcess.poll_ready, discard=AgentServerProcess.discard,
-            limit=RESTART_LIMIT, window_s=RESTART_WINDOW_S,
-            ready_timeout_s=STANDBY_READY_TIMEOUT, what="the local agent server")
+        self.logs = ChildLogs(config.record_dir, config.verbose)
+        self.kept = KeptChildren(
+            private=self.private, events=f"ipc://{self.private}/ev", context=self.ctx,
+            logs=self.logs, audio_args=config.audio_args(),
+            agent_server_args=config.agent_server_args, config_path=config.config_path,
+            next_call=lambda: self.calls_started + 1)
         self.call: Call | None = None
         self.state = CallState.IDLE
         self.reason: str | None = None
@@ -183,10 +174,9 @@ class Controller:
         self._failed = False
         self._next_levels = 0.0
         self._audio_cache: tuple[float, dict[str, Any]] | None = None
-        self._logs: dict[str, IO[Any]] = {}
         self.devices = DeviceList()
         self.postcall = PostcallRunner(f"ipc://{self.private}/ev",
-                                       self._log("postcall"), config.config_path)
+                                       self.logs("postcall"), config.config_path)
 
     # -- sockets and children ---------------------------------------------------
 
@@ -216,55 +206,15 @@ class Controller:
             raise
         return sock
 
-    def _log(self, name: str) -> IO[Any] | None:
-        """Where a child's stderr goes: the terminal with --verbose, else a log file.
-
-        One handle per log name for the controller's life: every standby agent
-        shares ``agent.log`` (opening one per call would leak a descriptor a call).
-        """
-        if self.config.verbose:
-            return None
-        if name not in self._logs:
-            log_dir = self.config.record_dir / "logs"
-            make_call_folder(log_dir)
-            # 0600: the agent's log can hold what was said.
-            fd = os.open(log_dir / f"{name}.log",
-                         os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-            self._logs[name] = os.fdopen(fd, "ab")
-        return self._logs[name]
-
     @property
     def standby(self) -> AgentProcess | None:
-        """The next call's agent process (ready or not yet), kept by ``standby_keeper``."""
-        return self.standby_keeper.current
+        """The next call's agent process (ready or not yet)."""
+        return self.kept.standby.current
 
     @property
     def server(self) -> AgentServerProcess | None:
-        """The local agent server (ready or not yet), kept by ``server_keeper``."""
-        return self.server_keeper.current
-
-    def _new_audio(self) -> AudioProcess:
-        prefix = f"callctl-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        return AudioProcess(f"ipc://{self.private}/a{uuid.uuid4().hex[:4]}", prefix,
-                            self.config.audio_args())
-
-    def _start_audio(self) -> None:
-        """The first audio process, waited for (before the loop runs)."""
-        audio = self.audio_keeper.begin()
-        try:
-            audio.wait_ready(AUDIO_READY_TIMEOUT)
-        except AudioProcessError as exc:
-            self.audio_keeper.stop(how=AudioProcess.stop)
-            raise RuntimeError(f"audio: {exc}") from None
-        self.audio_keeper.poll()  # it answered: ready from this turn
-        self.audio = self.audio_keeper.ready_child
-
-    def _new_standby(self) -> AgentProcess:
-        n = self.calls_started + 1
-        return AgentProcess(f"ipc://{self.private}/g{n}-{uuid.uuid4().hex[:4]}",
-                            f"ipc://{self.private}/ev",
-                            stderr=self._log("agent"), config=self.config.config_path,
-                            context=self.ctx)
+        """The local agent server (ready or not yet)."""
+        return self.kept.server.current
 
     # -- publishing -------------------------------------------------------------
 
@@ -289,15 +239,15 @@ class Controller:
         """
         try:
             sweep_stale_segments()  # a dead controller's, SIGKILLed with its children
-            self._start_audio()
+            self.audio = self.kept.start_audio()
             if on_ready is not None:
                 on_ready()
             self.postcall.resume(self.config.record_dir)  # what a dead controller left
             if self.config.agent == "local":
                 # Up before the first call, so the standby can be prepared for it.
-                self.server_keeper.begin()
+                self.kept.server.begin()
             if self.config.standby:
-                self.standby_keeper.begin()
+                self.kept.standby.begin()
             while not (self._stopping and self.state not in (CallState.STARTING,
                                                               CallState.ENDING)):
                 self._wait_and_dispatch()
@@ -312,9 +262,10 @@ class Controller:
         for agent in (self.standby, self.agent):
             if agent is not None:
                 poller.register(agent.socket, zmq.POLLIN)
-        for kept in (self.standby, self.agent, self.audio_keeper.current, self.server):
-            if kept is not None and kept.child.pidfd is not None:
-                poller.register(kept.child.pidfd, zmq.POLLIN)  # an exit wakes the loop
+        for pidfd in self.kept.pidfds():
+            poller.register(pidfd, zmq.POLLIN)  # an exit wakes the loop
+        if self.agent is not None and self.agent.child.pidfd is not None:
+            poller.register(self.agent.child.pidfd, zmq.POLLIN)
         busy = self.state in (CallState.STARTING, CallState.ENDING)
         timeout = 0.005 if busy else 0.05
         if self.call is not None and self.call.kill_at is not None:
@@ -390,14 +341,7 @@ class Controller:
         if self._stopping:
             return protocol.error("the controller is shutting down")
         agent = agent or self.config.agent
-        # A call asked for is a fresh attempt at any kept child that was given up on.
-        keepers: list[child.Restarter[Any]] = [self.audio_keeper, self.standby_keeper]
-        if agent == "local":
-            keepers.append(self.server_keeper)
-        for keeper in keepers:
-            if keeper.gave_up is not None or (keeper is not self.standby_keeper
-                                              and keeper.current is None):
-                keeper.reset()
+        self.kept.retry_for_call(agent)
         call_id = new_call_id()
         self.call = Call(call_id, agent, self.config.base_url,
                          self.config.record_dir / call_id,
@@ -405,10 +349,6 @@ class Controller:
         self.calls_started += 1
         self._set_state(CallState.STARTING)
         return protocol.ok(call_id=call_id, state=self.state.value)
-
-    def _new_server(self) -> AgentServerProcess:
-        return AgentServerProcess(self.config.agent_server_args,
-                                  stderr=self._log("agent-server"))
 
     def _session_fields(self, agent: str, base_url: str | None) -> dict[str, Any] | None:
         """What the agent process is started (or prepared) with; None while unknown."""
@@ -445,7 +385,7 @@ class Controller:
                 self._end_call("the agent did not answer (unreachable?)", failed=True)
             return
         if self.audio is None:  # being restarted: ready within a turn or a few
-            why = self.audio_keeper.gave_up
+            why = self.kept.audio.gave_up
             if why is not None:
                 self._end_call(f"the audio process is not running ({why})", failed=True)
             elif now - call.requested_at > AUDIO_READY_TIMEOUT:
@@ -461,11 +401,11 @@ class Controller:
                 return
         standby = self.standby
         if standby is None:
-            if self.standby_keeper.gave_up is not None:
+            if self.kept.standby.gave_up is not None:
                 self._end_call(f"the agent process did not start "
-                               f"({self.standby_keeper.gave_up})", failed=True)
+                               f"({self.kept.standby.gave_up})", failed=True)
             else:
-                self.standby_keeper.begin()  # no standby kept (``--no-standby``): now
+                self.kept.standby.begin()  # no standby kept (``--no-standby``): now
             return
         if not standby.alive():
             return  # its keeper replaces it next turn
@@ -493,7 +433,7 @@ class Controller:
         standby.start(**fields)
         call.agent_started = True
         # With a standby kept, the next call's starts warming up while this one runs.
-        self.agent = self.standby_keeper.take(start_next=self.config.standby)
+        self.agent = self.kept.standby.take(start_next=self.config.standby)
 
     # -- agent events -----------------------------------------------------------
 
@@ -646,20 +586,17 @@ class Controller:
     def _supervise(self) -> None:
         """One turn of each kept child's restarter: deaths noticed, replacements started,
         readiness checked; never waits (a dead child's discard is a reap)."""
-        restart = not self._stopping
-        audio_turn = self.audio_keeper.poll(restart)
-        if audio_turn.died is not None and audio_turn.died is self.audio:
+        turns = self.kept.poll(restart=not self._stopping)
+        if turns.audio.died is not None and turns.audio.died is self.audio:
             self._on_audio_died()
-        if audio_turn.became_ready:
-            self.audio = self.audio_keeper.ready_child
+        if turns.audio.became_ready:
+            self.audio = self.kept.audio.ready_child
             self._audio_cache = None
-        server_turn = self.server_keeper.poll(restart)
         call = self.call
-        if (server_turn.died is not None and self.state == CallState.STARTING
+        if (turns.server.died is not None and self.state == CallState.STARTING
                 and call is not None and call.agent == "local" and not call.agent_started):
             self._end_call("the local agent server failed to start", failed=True)
-        self.standby_keeper.poll(restart)
-        for turn in (audio_turn, server_turn):
+        for turn in (turns.audio, turns.server, turns.standby):
             if turn.gave_up is not None:
                 self.publish(protocol.EVENT_ERROR, message=turn.gave_up,
                              call_id=call.call_id if call else None)
@@ -672,6 +609,8 @@ class Controller:
         """
         if self.audio is None:
             return None
+        if not self.audio.alive():  # its death is handled this turn: nothing to wait for
+            return {"ok": False, "error": "the audio process died"}
         now = time.monotonic()
         if self._audio_cache is None or now - self._audio_cache[0] > max_age:
             try:
@@ -726,35 +665,18 @@ class Controller:
 
     def close(self) -> None:
         """End everything: children killed if need be and reaped, segments unlinked."""
-        standby = self.standby
-        self.standby_keeper.stop(how=lambda _: None)  # stopped below, with the call's agent
-        agents = [a for a in (self.agent, standby) if a is not None]
-        for agent in agents:
-            agent.end()  # both at once: they share the deadline
-        deadline = time.monotonic() + self.config.kill_after
-        for agent in agents:
-            agent.stop(grace=max(0.0, deadline - time.monotonic()))
-        self.agent = None
-        self.audio = None
-        self.audio_keeper.stop(how=AudioProcess.stop)  # shutdown, SIGTERM, SIGKILL; rings
-        self.server_keeper.stop(how=AgentServerProcess.stop)
+        self.kept.close(self.agent, self.config.kill_after)
+        self.agent = self.audio = None
         self.control.close(0)
         self.pull.close(0)
         self.pub.close(linger=1000)  # let the last events (call.ended) reach subscribers
         if self.authenticator is not None:
             self.authenticator.stop()
         self.ctx.term()
-        for handle in self._logs.values():
-            handle.close()
+        self.logs.close()
         for path in (self.config.endpoint, self.events_endpoint):
             if path.startswith("ipc://"):
                 Path(path[len("ipc://"):]).unlink(missing_ok=True)
         shutil.rmtree(self.private, ignore_errors=True)
         self._endpoint_lock.release()  # last: the sockets above were ours to remove
 
-
-def _discard_agent(agent: AgentProcess) -> None:
-    """A standby that died or never got ready: SIGKILL, reap (bounded), release."""
-    agent.kill()
-    agent.reap(child.KILL_WAIT_S)
-    agent.close()
