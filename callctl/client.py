@@ -28,7 +28,7 @@ import zmq
 from callctl.controller import endpoints
 from callctl.controller.curve import ClientKeys, CurveError, curve_dir
 from callctl.engine import protocol
-from callctl.engine.audio_client import ControlClient
+from callctl.engine.control_client import ControlClient
 
 REQUEST_TIMEOUT_S = 3.0
 """How long a request waits for the controller's reply before :class:`NotRunning`."""

@@ -7,12 +7,15 @@ loop waits on the control socket (REP), the agent processes' event socket
 child's exit wakes it at once; timers (the agent's kill deadline, the levels
 tick) bound each wait.
 
-Children (spawned from this thread: ``engine.lifeline`` ties their lives to
-it): the audio process (warm across calls, replaced if it dies), a standby
-agent process (imports done and, once ready, ``prepare``d for the default
-agent: its session built before the call), the call's agent process, and
-the local agent server when the agent is ``local`` (started with the
-controller, so the standby can be prepared for the first call).
+Children (spawned from this thread through ``engine.child``, which ties their
+lives to it): the audio process (warm across calls), a standby agent process
+(imports done and, once ready, ``prepare``d for the default agent: its session
+built before the call), the call's agent process, and the local agent server
+when the agent is ``local`` (started with the controller, so the standby can
+be prepared for the first call). The audio process, the standby and the local
+agent server are kept by ``controller.children``: one that dies is replaced
+(a bounded number of times; a call asked for is a fresh attempt), and its
+readiness is checked once a turn, never waited for.
 
 The hangup: the agent is told to end (a message that waits for
 nothing, sent first); the audio process silences and stops at once (one
@@ -27,16 +30,21 @@ import json
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import zmq
 
 from callctl.controller import endpoints
 from callctl.controller.call import Call, CallState, new_call_id
+from callctl.controller.children import (
+    AUDIO_READY_TIMEOUT,
+    STANDBY_READY_TIMEOUT,
+    ChildLogs,
+    KeptChildren,
+)
 from callctl.controller.curve import ServerKeys
 from callctl.controller.device_list import DeviceList
 from callctl.controller.endpoint_lock import EndpointLock
@@ -47,17 +55,11 @@ from callctl.controller.postcall import (
     reserve_failure_note,
 )
 from callctl.engine import protocol
-from callctl.engine.agent_client import AgentProcess, AgentServerProcess
-from callctl.engine.audio_client import (
-    AudioProcess,
-    AudioProcessError,
-    sweep_stale_segments,
-    unlink_rings,
-)
+from callctl.engine.agent_child import AgentProcess, AgentServerProcess
+from callctl.engine.audio_child import AudioProcess, sweep_stale_segments
 from callctl.engine.credentials import load_credentials
 from callctl.engine.serving import Commands, CommandServer, Reply, Request
 
-STANDBY_READY_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 15.0
 LEVELS_INTERVAL = 0.1
 STATUS_MAX_AGE = 0.1
@@ -156,9 +158,14 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
         self.has_key = load_credentials(Path(config.config_path) if config.config_path
                                         else None).has_key
         self.audio: AudioProcess | None = None
-        self.standby: AgentProcess | None = None
+        """The audio process once it has answered; None while it is (re)starting."""
         self.agent: AgentProcess | None = None
-        self.server: AgentServerProcess | None = None
+        self.logs = ChildLogs(config.record_dir, config.verbose)
+        self.kept = KeptChildren(
+            private=self.private, events=f"ipc://{self.private}/ev", context=self.ctx,
+            logs=self.logs, audio_args=config.audio_args(),
+            agent_server_args=config.agent_server_args, config_path=config.config_path,
+            next_call=lambda: self.calls_started + 1)
         self.call: Call | None = None
         self.state = CallState.IDLE
         self.reason: str | None = None
@@ -172,10 +179,9 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
         """The ending call's failure code (``_end_call``), None if it ends as it should."""
         self._next_levels = 0.0
         self._audio_cache: tuple[float, dict[str, Any]] | None = None
-        self._logs: dict[str, IO[Any]] = {}
         self.devices = DeviceList()
         self.postcall = PostcallRunner(f"ipc://{self.private}/ev",
-                                       self._log("postcall"), config.config_path)
+                                       self.logs("postcall"), config.config_path)
 
     # -- sockets and children ---------------------------------------------------
 
@@ -205,40 +211,15 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
             raise
         return sock
 
-    def _log(self, name: str) -> IO[Any] | None:
-        """Where a child's stderr goes: the terminal with --verbose, else a log file.
+    @property
+    def standby(self) -> AgentProcess | None:
+        """The next call's agent process (ready or not yet)."""
+        return self.kept.standby.current
 
-        One handle per log name for the controller's life: every standby agent
-        shares ``agent.log`` (opening one per call would leak a descriptor a call).
-        """
-        if self.config.verbose:
-            return None
-        if name not in self._logs:
-            log_dir = self.config.record_dir / "logs"
-            make_call_folder(log_dir)
-            # 0600: the agent's log can hold what was said.
-            fd = os.open(log_dir / f"{name}.log",
-                         os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-            self._logs[name] = os.fdopen(fd, "ab")
-        return self._logs[name]
-
-    def _start_audio(self) -> None:
-        prefix = f"callctl-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        audio = AudioProcess(f"ipc://{self.private}/a{uuid.uuid4().hex[:4]}", prefix,
-                             self.config.audio_args())
-        try:
-            audio.wait_ready()
-        except AudioProcessError as exc:
-            audio.stop()
-            raise RuntimeError(f"audio: {exc}") from None
-        self.audio = audio
-
-    def _spawn_standby(self) -> None:
-        n = self.calls_started + 1
-        self.standby = AgentProcess(f"ipc://{self.private}/g{n}-{uuid.uuid4().hex[:4]}",
-                                    f"ipc://{self.private}/ev",
-                                    stderr=self._log("agent"), config=self.config.config_path,
-                                    context=self.ctx)
+    @property
+    def server(self) -> AgentServerProcess | None:
+        """The local agent server (ready or not yet)."""
+        return self.kept.server.current
 
     # -- publishing -------------------------------------------------------------
 
@@ -264,15 +245,15 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
         """
         try:
             sweep_stale_segments()  # a dead controller's, SIGKILLed with its children
-            self._start_audio()
+            self.audio = self.kept.start_audio()
             if on_ready is not None:
                 on_ready()
             self.postcall.resume(self.config.record_dir)  # what a dead controller left
             if self.config.agent == "local":
                 # Up before the first call, so the standby can be prepared for it.
-                self._spawn_server()
+                self.kept.server.begin()
             if self.config.standby:
-                self._spawn_standby()
+                self.kept.standby.begin()
             while not (self._stopping and self.state not in (CallState.STARTING,
                                                               CallState.ENDING)):
                 self._turn()
@@ -287,8 +268,9 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
         for agent in (self.standby, self.agent):
             if agent is not None:
                 others.append(agent.socket)
-                if agent.pidfd is not None:
-                    others.append(agent.pidfd)
+        others.extend(self.kept.pidfds())  # an exit wakes the loop
+        if self.agent is not None and self.agent.child.pidfd is not None:
+            others.append(self.agent.child.pidfd)
         busy = self.state in (CallState.STARTING, CallState.ENDING)
         timeout = 0.005 if busy else 0.05
         if self.call is not None and self.call.kill_at is not None:
@@ -332,7 +314,7 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
             pids={"audio": self.audio.pid if self.audio else None,
                   "agent": self.agent.pid if self.agent else None,
                   "standby": self.standby.pid if self.standby else None,
-                  "agent_server": self.server.popen.pid if self.server else None},
+                  "agent_server": self.server.pid if self.server else None},
         )
 
     # -- starting a call --------------------------------------------------------
@@ -349,22 +331,15 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
                                   f"{self.state.value}); hang up first")
         if self._stopping:
             return protocol.error(protocol.SHUTTING_DOWN, "the controller is shutting down")
-        if self.audio is None:
-            return protocol.error(protocol.AUDIO, "the audio process is not running")
         agent = agent or self.config.agent
+        self.kept.retry_for_call(agent)
         call_id = new_call_id()
         self.call = Call(call_id, agent, self.config.base_url,
                          self.config.record_dir / call_id,
                          clone_voice=clone_voice.strip() if clone_voice else None)
         self.calls_started += 1
-        if agent == "local" and (self.server is None or not self.server.alive()):
-            self._spawn_server()
         self._set_state(CallState.STARTING)
         return protocol.ok(call_id=call_id, state=self.state.value)
-
-    def _spawn_server(self) -> None:
-        self.server = AgentServerProcess(self.config.agent_server_args,
-                                         stderr=self._log("agent-server"))
 
     def _session_fields(self, agent: str, base_url: str | None) -> dict[str, Any] | None:
         """What the agent process is started (or prepared) with; None while unknown."""
@@ -401,10 +376,17 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
                 self._end_call("the agent did not answer (unreachable?)",
                                protocol.AGENT_UNREACHABLE)
             return
+        if self.audio is None:  # being restarted: ready within a turn or a few
+            why = self.kept.audio.gave_up
+            if why is not None:
+                self._end_call(f"the audio process is not running ({why})", protocol.AUDIO)
+            elif now - call.requested_at > AUDIO_READY_TIMEOUT:
+                self._end_call("the audio process did not start in time", protocol.AUDIO)
+            return
         if call.agent == "local":
-            assert self.server is not None
-            if not self.server.poll_ready():
-                if not self.server.alive():
+            server = self.server
+            if server is None or not server.poll_ready():
+                if server is None:  # given up on (its death this turn ended the call)
                     self._end_call("the local agent server failed to start",
                                    protocol.AGENT_SERVER)
                 elif now - call.requested_at > STANDBY_READY_TIMEOUT:
@@ -412,9 +394,15 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
                                    protocol.AGENT_SERVER)
                 return
         standby = self.standby
-        if standby is None or not standby.alive():
-            self._spawn_standby()
+        if standby is None:
+            if self.kept.standby.gave_up is not None:
+                self._end_call(f"the agent process did not start "
+                               f"({self.kept.standby.gave_up})", protocol.AGENT_FAILED)
+            else:
+                self.kept.standby.begin()  # no standby kept (``--no-standby``): now
             return
+        if not standby.alive():
+            return  # its keeper replaces it next turn
         if not standby.ready:
             standby.poke()
             if now - standby.spawned_at > STANDBY_READY_TIMEOUT:
@@ -438,9 +426,8 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
         assert fields is not None  # the audio process answered and any local server is ready
         standby.start(**fields)
         call.agent_started = True
-        self.agent, self.standby = standby, None
-        if self.config.standby:
-            self._spawn_standby()  # the next call's, warming up while this one runs
+        # With a standby kept, the next call's starts warming up while this one runs.
+        self.agent = self.kept.standby.take(start_next=self.config.standby)
 
     # -- agent events -----------------------------------------------------------
 
@@ -524,7 +511,7 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
             call.kill_at = call.hangup_at + self.config.kill_after
         else:
             call.agent_exited_at = call.hangup_at
-        if call.audio_started and self.audio is not None and self.audio.popen.poll() is None:
+        if call.audio_started and self.audio is not None and self.audio.alive():
             try:
                 audio_reply = self.audio.request({"cmd": "hangup"}, timeout=0.5)
                 call.audio_silent_at = audio_reply.get("first_silent_at")
@@ -581,8 +568,7 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
         for agent in (self.standby, self.agent):
             if agent is not None:
                 agent.read_replies()
-        if self.audio is not None and self.audio.popen.poll() is not None:
-            self._on_audio_died()
+        self._supervise()
         call = self.call
         if self.state == CallState.STARTING and call is not None:
             self._advance_start(call)
@@ -594,15 +580,28 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
                 self._publish_levels(call)
         if self.state == CallState.ENDING and call is not None:
             self._advance_end(call)
-        if self.standby is not None:
-            if self.standby.alive():
-                self.standby.poke()
-                self._prepare_standby()
-            elif not self._stopping:
-                self.standby.reap(0)
-                self.standby = None
-                if self.config.standby:
-                    self._spawn_standby()
+        if self.standby is not None and self.standby.alive():
+            self.standby.poke()
+            self._prepare_standby()
+
+    def _supervise(self) -> None:
+        """One turn of each kept child's restarter: deaths noticed, replacements started,
+        readiness checked; never waits (a dead child's discard is a reap)."""
+        turns = self.kept.poll(restart=not self._stopping)
+        if turns.audio.died is not None and turns.audio.died is self.audio:
+            self._on_audio_died()
+        if turns.audio.became_ready:
+            self.audio = self.kept.audio.ready_child
+            self._audio_cache = None
+        call = self.call
+        if (turns.server.died is not None and self.state == CallState.STARTING
+                and call is not None and call.agent == "local" and not call.agent_started):
+            self._end_call("the local agent server failed to start",
+                                   protocol.AGENT_SERVER)
+        for turn in (turns.audio, turns.server, turns.standby):
+            if turn.gave_up is not None:
+                self.publish(protocol.EVENT_ERROR, message=turn.gave_up,
+                             call_id=call.call_id if call else None)
 
     def _audio_status(self, max_age: float) -> dict[str, Any] | None:
         """The audio process's status, asked at most every ``max_age`` seconds.
@@ -612,6 +611,8 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
         """
         if self.audio is None:
             return None
+        if not self.audio.alive():  # its death is handled this turn: nothing to wait for
+            return protocol.error(protocol.AUDIO, "the audio process died")
         now = time.monotonic()
         if self._audio_cache is None or now - self._audio_cache[0] > max_age:
             try:
@@ -655,50 +656,31 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
                      xruns=status.get("xruns"))
 
     def _on_audio_died(self) -> None:
-        assert self.audio is not None
-        dead = self.audio
-        dead.stop()  # reaps and unlinks its rings
+        """The ready audio process died (its keeper has reaped it, unlinked its rings and,
+        unless stopping, started another): the call it served fails."""
         self.audio = None
         self._audio_cache = None
         self.publish(protocol.EVENT_ERROR, message="the audio process died", code=protocol.AUDIO,
                      call_id=self.call.call_id if self.call else None)
         if self.state in (CallState.STARTING, CallState.IN_CALL):
             self._end_call("audio", protocol.AUDIO)
-        if not self._stopping:
-            self._start_audio()
 
     # -- shutdown ---------------------------------------------------------------
 
     def close(self) -> None:
         """End everything: children killed if need be and reaped, segments unlinked."""
-        for agent in (self.agent, self.standby):
-            if agent is not None:
-                agent.end()
-        deadline = time.monotonic() + self.config.kill_after
-        for agent in (self.agent, self.standby):
-            if agent is not None:
-                if agent.reap(timeout=max(0.0, deadline - time.monotonic())) is None:
-                    agent.kill()
-                    agent.reap()
-        self.agent = self.standby = None
-        if self.audio is not None:
-            prefix = self.audio.ring_prefix
-            self.audio.stop()
-            unlink_rings(prefix)
-            self.audio = None
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
+        self.kept.close(self.agent, self.config.kill_after)
+        self.agent = self.audio = None
         self.control.close(0)
         self.pull.close(0)
         self.pub.close(linger=1000)  # let the last events (call.ended) reach subscribers
         if self.authenticator is not None:
             self.authenticator.stop()
         self.ctx.term()
-        for handle in self._logs.values():
-            handle.close()
+        self.logs.close()
         for path in (self.config.endpoint, self.events_endpoint):
             if path.startswith("ipc://"):
                 Path(path[len("ipc://"):]).unlink(missing_ok=True)
         shutil.rmtree(self.private, ignore_errors=True)
         self._endpoint_lock.release()  # last: the sockets above were ours to remove
+

@@ -1,4 +1,6 @@
-"""Children die with their parent: no orphan process, no leaked segment.
+"""The child's side: it dies with its parent, so no orphan process, no leaked segment.
+
+The parent's side (``spawn``, ``stop``, restarts) is ``engine.child``.
 
 ``die_with_parent`` asks Linux to send SIGTERM when the parent dies
 (``PR_SET_PDEATHSIG``) and turns SIGTERM into ``SystemExit``, so ``finally``
@@ -11,12 +13,9 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shutil
 import signal
-import subprocess
 import sys
 from types import FrameType
-from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 
@@ -25,44 +24,13 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def terminate(popen: subprocess.Popen[Any], timeout: float = 3.0) -> int:
-    """The stop every parent uses: SIGTERM, then SIGKILL after ``timeout`` s; reaped."""
-    if popen.poll() is None:
-        popen.terminate()
-        try:
-            popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            popen.kill()
-            popen.wait()
-    return popen.returncode
-
-
 def _exit_now(signum: int, frame: FrameType | None) -> None:
     os._exit(128 + signum)
 
 
 PARENT_PID_ENV = "CALLCTL_PARENT_PID"
-"""Set by ``spawn``: the pid the child must find as its parent, or exit (``die_with_parent``)."""
-
-
-def spawn(argv: list[str], *, env: dict[str, str] | None = None,
-          **popen_kwargs: Any) -> subprocess.Popen[Any]:
-    """Start a child that gets SIGTERM when the spawning thread dies, fork-safely.
-
-    ``preexec_fn`` runs Python between fork and exec, which can deadlock a
-    process with threads (libzmq's, the ZAP authenticator's): a lock another
-    thread held at the fork stays held in the child forever. Instead the
-    parent-death signal is set by ``setpriv --pdeathsig TERM`` (util-linux),
-    which execs the child with it; Python children also check, first thing,
-    that their parent is still the one in ``PARENT_PID_ENV``
-    (``die_with_parent``), which closes the window before the signal was set.
-    ``start_new_session`` and ``close_fds`` are Popen's own (done in C).
-    """
-    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
-    full = [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else list(argv)
-    child_env = dict(os.environ if env is None else env)
-    child_env[PARENT_PID_ENV] = str(os.getpid())
-    return subprocess.Popen(full, env=child_env, **popen_kwargs)
+"""Set by ``child.spawn``: the pid the child must find as its parent, or exit
+(``die_with_parent``)."""
 
 
 def die_with_parent(hard: bool = False) -> None:

@@ -42,7 +42,7 @@ class CallRecorder:
         self.error: str | None = None
         # Four seconds of stereo slack: the writer drains four times a second.
         # Named by the audio process after its rings, so a parent that outlives it
-        # finds this segment too (``engine.audio_client.unlink_rings``).
+        # finds this segment too (``engine.audio_child.unlink_rings``).
         self._ring = AudioRing.create(next_power_of_two(2 * rate * 4), ring_name)
         self._frame = np.zeros(2 * max_period_frames, np.int16)
         self._dropped = 0

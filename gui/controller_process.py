@@ -10,17 +10,16 @@ device is ``virtual`` (``serve`` refuses them otherwise).
 ``Popen`` returns at once; the child's stderr (where ``serve`` says why it
 could not start, e.g. no audio device) is read through a ``QSocketNotifier``
 on the non-blocking pipe, keeping the last lines; its exit is noticed through
-a pidfd (Linux) or, failing that, a 100 ms poll, and announced by ``exited``.
+its pidfd (Linux) or, failing that, a 100 ms poll, and announced by ``exited``.
 ``terminate`` is SIGTERM (``serve`` ends any call first, then exits), then
-SIGKILL at a deadline. ``stop_blocking`` is the same, waiting, for when the
-event loop has ended. The child gets ``PR_SET_PDEATHSIG``, so it does not
-outlive a GUI that crashes.
+SIGKILL at a deadline, on Qt timers. ``stop_blocking`` is ``engine.child``'s
+bounded stop, for when the event loop has ended. The child is spawned by
+``engine.child`` (``PR_SET_PDEATHSIG``), so it does not outlive a GUI that crashes.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import os
 import signal
@@ -32,7 +31,7 @@ from typing import Any, cast
 
 from PyQt6.QtCore import QObject, QSocketNotifier, QTimer, pyqtSignal
 
-from callctl.engine import lifeline
+from callctl.engine import child
 
 VIRTUAL = "virtual"
 DEVICE_DESTS = {"device", "input_device", "output_device"}
@@ -114,12 +113,11 @@ class ServeProcess(QObject):
     def __init__(self, config: ServeConfig, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.config = config
-        self.popen: subprocess.Popen[bytes] | None = None
+        self.child: child.Child | None = None
         self._lines: deque[str] = deque(maxlen=STDERR_KEEP_LINES)
         self._partial = b""
         self._stderr_fd: int | None = None
         self._stderr_notifier: QSocketNotifier | None = None
-        self._pidfd: int | None = None
         self._exit_notifier: QSocketNotifier | None = None
         self._poll_timer: QTimer | None = None
         self._kill_timer = QTimer(self)
@@ -131,21 +129,17 @@ class ServeProcess(QObject):
 
     def start(self) -> None:
         """Spawn the child (``Popen``: a fork and an exec, no waiting)."""
-        self.popen = lifeline.spawn(
-            self.config.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, close_fds=True)
-        assert self.popen.stderr is not None
-        self._stderr_fd = self.popen.stderr.fileno()
+        self.child = child.spawn(self.config.argv(), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, env=dict(os.environ))
+        stderr = self.child.popen.stderr
+        assert stderr is not None
+        self._stderr_fd = stderr.fileno()
         os.set_blocking(self._stderr_fd, False)
         self._stderr_notifier = QSocketNotifier(cast(Any, self._stderr_fd),
                                                QSocketNotifier.Type.Read, self)
         self._stderr_notifier.activated.connect(lambda *_: self._read_stderr())
-        try:
-            self._pidfd = os.pidfd_open(self.popen.pid)
-        except (AttributeError, OSError):
-            self._pidfd = None
-        if self._pidfd is not None:
-            self._exit_notifier = QSocketNotifier(cast(Any, self._pidfd),
+        if self.child.pidfd is not None:
+            self._exit_notifier = QSocketNotifier(cast(Any, self.child.pidfd),
                                                  QSocketNotifier.Type.Read, self)
             self._exit_notifier.activated.connect(lambda *_: self._check_exit())
         else:
@@ -156,15 +150,15 @@ class ServeProcess(QObject):
 
     @property
     def pid(self) -> int | None:
-        return self.popen.pid if self.popen is not None else None
+        return self.child.pid if self.child is not None else None
 
     @property
     def running(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
+        return self.child is not None and self.child.alive()
 
     @property
     def returncode(self) -> int | None:
-        return self.popen.returncode if self.popen is not None else None
+        return self.child.returncode if self.child is not None else None
 
     def stderr_tail(self, lines: int = 8) -> str:
         """The child's last ``lines`` lines of stderr (its own and its children's)."""
@@ -204,26 +198,30 @@ class ServeProcess(QObject):
             self._stderr_notifier.setEnabled(False)
             self._stderr_notifier.deleteLater()
             self._stderr_notifier = None
-        if self.popen is not None and self.popen.stderr is not None:
-            self.popen.stderr.close()
+        if self.child is not None and self.child.popen.stderr is not None:
+            self.child.popen.stderr.close()
         self._stderr_fd = None
 
-    def _check_exit(self) -> None:
-        if self.popen is None or self.popen.poll() is None or self._reported:
-            return
-        self._reported = True
+    def _stop_watching(self) -> None:
+        """Timers and the exit notifier off, then the pidfd released (in that order: a
+        notifier must never watch a closed descriptor)."""
         self._kill_timer.stop()
+        if self._poll_timer is not None:
+            self._poll_timer.stop()
         if self._exit_notifier is not None:
             self._exit_notifier.setEnabled(False)
             self._exit_notifier.deleteLater()
             self._exit_notifier = None
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
-        if self._poll_timer is not None:
-            self._poll_timer.stop()
+        if self.child is not None:
+            self.child.close()
+
+    def _check_exit(self) -> None:
+        if self.child is None or self.child.poll() is None or self._reported:
+            return
+        self._reported = True
+        self._stop_watching()
         self._read_stderr()  # what it said last is in the pipe already
-        self.exited.emit(self.popen.returncode, self.stderr_tail())
+        self.exited.emit(self.child.returncode, self.stderr_tail())
 
     # -- stopping --------------------------------------------------------------
 
@@ -232,37 +230,21 @@ class ServeProcess(QObject):
         if not self.running:
             self._check_exit()
             return
-        assert self.popen is not None
-        with contextlib.suppress(ProcessLookupError):
-            self.popen.send_signal(signal.SIGTERM)
+        assert self.child is not None
+        self.child.send_signal(signal.SIGTERM)
         self._kill_timer.start(round(grace_s * 1000))
 
     def _kill(self) -> None:
-        if self.running:
-            assert self.popen is not None
-            with contextlib.suppress(ProcessLookupError):
-                self.popen.kill()
+        if self.child is not None:
+            self.child.kill()
 
     def stop_blocking(self, grace_s: float) -> int | None:
-        """Waiting version of ``terminate``: for after the event loop (the window is gone)."""
-        if self.popen is None:
+        """Waiting version of ``terminate``: for after the event loop (the window is gone).
+        SIGTERM, SIGKILL after ``grace_s``, reaped (``child.Child.stop``: bounded)."""
+        if self.child is None:
             return None
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        self._kill_timer.stop()
-        if self._poll_timer is not None:
-            self._poll_timer.stop()
-        if self._exit_notifier is not None:
-            self._exit_notifier.setEnabled(False)
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
+        self._stop_watching()
+        stopped = self.child.stop(grace=grace_s)
         self._reported = True
         self._close_stderr()
-        return self.popen.returncode
+        return stopped.returncode

@@ -13,7 +13,7 @@ import sys
 from typing import IO, Any
 
 from bench.systems.child import ChildSystem
-from callctl.engine.agent_client import AgentServerProcess
+from callctl.engine.agent_child import AgentServerProcess
 
 
 class SdkSystem(ChildSystem):

@@ -192,6 +192,53 @@ def test_audio_process_killed_mid_call_fails_the_call_and_a_fresh_one_serves_the
     assert status["audio"]["state"] == "running"
 
 
+def test_a_dead_audio_process_is_replaced_while_the_controller_keeps_answering(
+        serve: Any) -> None:
+    """The new audio process's start (imports, device) is not waited for in the loop:
+    its readiness is checked once a turn, so requests are answered all along."""
+    served = serve(speech_at=[30.0])
+    audio = served.wait_state("idle")["pids"]["audio"]
+    os.kill(audio, signal.SIGKILL)
+    slowest, replaced = 0.0, None
+    deadline = time.monotonic() + 30
+    while replaced in (None, audio):
+        assert time.monotonic() < deadline, "no new audio process in 30 s"
+        began = time.monotonic()
+        assert served.request({"cmd": "ping"})["ok"]
+        replaced = served.request({"cmd": "status"})["pids"]["audio"]
+        slowest = max(slowest, time.monotonic() - began)
+        time.sleep(0.02)
+    # Waiting for the new process in the loop took 440 ms here (its start, and a status
+    # to the dead one timing out); a turn that never waits, a few ms.
+    assert slowest < 0.25, f"a ping and a status waited {slowest * 1000:.0f} ms during the restart"
+    assert not alive(audio)
+    in_call(served)
+
+
+def test_an_audio_process_dying_over_and_over_is_given_up_on_until_a_call_is_asked(
+        serve: Any) -> None:
+    from callctl.controller.children import RESTART_LIMIT
+
+    served = serve(speech_at=[30.0])
+    served.wait_state("idle")
+    killed: list[int] = []
+    deadline = time.monotonic() + 60
+    while len(killed) <= RESTART_LIMIT:
+        assert time.monotonic() < deadline, f"only {len(killed)} restarts in 60 s"
+        audio = served.request({"cmd": "status"})["pids"]["audio"]
+        if audio is not None and audio not in killed:
+            os.kill(audio, signal.SIGKILL)
+            killed.append(audio)
+        time.sleep(0.05)
+    gave_up = served.collect(5, until="error", where={"message": (
+        f"the audio process failed {RESTART_LIMIT + 1} times within 60 s; not restarted")})
+    assert gave_up is not None, served.named("error")
+    time.sleep(1.0)
+    assert served.request({"cmd": "status"})["pids"]["audio"] is None, "not restarted"
+    status = in_call(served)  # a call is a fresh attempt: it waits for a new audio process
+    assert status["pids"]["audio"] not in killed and status["audio"]["state"] == "running"
+
+
 def test_agent_dying_mid_call_ends_the_call_and_stops_the_audio(serve: Any) -> None:
     served = serve(speech_at=[30.0])
     status = in_call(served)

@@ -25,7 +25,8 @@ import pytest
 import zmq
 
 from callctl.engine import protocol
-from callctl.engine.audio_client import AudioProcess, ControlClient
+from callctl.engine.audio_child import AudioProcess
+from callctl.engine.control_client import ControlClient
 from callctl.engine.wavfile import read_wav
 from testing.sounds import write_caller_wav
 

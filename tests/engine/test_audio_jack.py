@@ -29,7 +29,7 @@ import pytest
 
 pytest.importorskip("jack", reason="JACK-Client (PyPI) is needed for the JACK observer")
 
-from callctl.engine.audio_client import AudioProcess, AudioProcessError  # noqa: E402
+from callctl.engine.audio_child import AudioProcess, AudioProcessError  # noqa: E402
 from callctl.engine.ring import AudioRing  # noqa: E402
 from testing.audio_rig import start_audio_process  # noqa: E402
 from testing.jack import JackObserver, JackServer  # noqa: E402

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from callctl.engine import protocol
-from callctl.engine.audio_client import AudioProcess
+from callctl.engine.audio_child import AudioProcess
 from callctl.engine.ring import AudioRing
 from callctl.engine.wavfile import read_wav
 
@@ -159,7 +159,7 @@ def test_sigkill_mid_recording_leaves_a_valid_wav(tmp_path: Path) -> None:
         assert proc.request({"cmd": "start", "record": str(rec)})["ok"]
         time.sleep(1.6)
         os.kill(proc.pid, signal.SIGKILL)
-        proc.popen.wait(5)
+        assert proc.child.wait(5) is not None
     finally:
         proc.stop()
     with wave.open(str(rec)) as w:
@@ -178,7 +178,7 @@ def test_sigkill_mid_recording_leaves_a_valid_wav(tmp_path: Path) -> None:
 def test_sigterm_unlinks_rings(tmp_path: Path) -> None:
     proc = spawn(tmp_path)
     os.kill(proc.pid, signal.SIGTERM)
-    assert proc.popen.wait(5) is not None
+    assert proc.child.wait(5) is not None
     assert not any(Path("/dev/shm").glob(proc.ring_prefix + "*"))
     proc.stop()
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from callctl.engine.audio_client import AudioProcess
+from callctl.engine.audio_child import AudioProcess
 from callctl.engine.ring import AudioRing
 from testing.audio_rig import hear_caller, start_audio_process
 from testing.measure import peak

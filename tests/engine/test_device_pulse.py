@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from callctl.engine.audio_client import AudioProcess
+from callctl.engine.audio_child import AudioProcess
 from callctl.engine.devices.pulse import DEFAULT_PERIOD_SECONDS
 from callctl.engine.ring import AudioRing
 from testing.audio_rig import click_db, start_audio_process

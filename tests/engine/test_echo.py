@@ -27,7 +27,7 @@ from bench.echo import (
     scenario,
 )
 from callctl.engine.agent_server.voice import Voice
-from callctl.engine.audio_client import AudioProcess
+from callctl.engine.audio_child import AudioProcess
 from callctl.engine.devices.virtual import EchoPath
 from callctl.engine.echo import FRAME, EchoCanceller, EchoThread, InlineEcho
 from callctl.engine.ring import AudioRing

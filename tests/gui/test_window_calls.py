@@ -14,7 +14,7 @@ from typing import Any
 from PyQt6.QtCore import Qt
 
 from callctl.engine import protocol
-from callctl.engine.audio_client import ControlClient
+from callctl.engine.control_client import ControlClient
 from callctl.gui.loopwatch import LoopWatch
 from testing.served import READY_TIMEOUT_S
 

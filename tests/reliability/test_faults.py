@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from callctl.engine.audio_client import ControlClient
+from callctl.engine.control_client import ControlClient
 from testing.pulse import PulseServer
 
 

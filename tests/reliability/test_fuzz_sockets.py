@@ -22,8 +22,9 @@ import pytest
 import zmq
 
 from callctl.engine import protocol
-from callctl.engine.agent_client import AgentProcess
-from callctl.engine.audio_client import AudioProcess, ControlClient
+from callctl.engine.agent_child import AgentProcess
+from callctl.engine.audio_child import AudioProcess
+from callctl.engine.control_client import ControlClient
 
 CASES = int(os.environ.get("CALLCTL_FUZZ_EXAMPLES", "1000"))
 

@@ -209,7 +209,7 @@ def test_a_controller_killed_mid_call_leaves_no_segment_and_no_call_saving_forev
             "--device", "virtual", "--speaker", str(tmp_path / "out.wav"),
             "--record-dir", str(tmp_path / "calls")]
     first = subprocess.Popen(argv, stderr=subprocess.DEVNULL, start_new_session=True)
-    from callctl.engine.audio_client import ControlClient
+    from callctl.engine.control_client import ControlClient
 
     client = ControlClient(endpoint)
     try:

@@ -15,7 +15,7 @@ from typing import Any
 import zmq
 
 from callctl.controller.curve import ClientKeys, generate
-from callctl.engine.audio_client import ControlClient
+from callctl.engine.control_client import ControlClient
 from testing.cli import callctl
 
 SENTINEL = "sk_sentinel_4d3c2b1a0f9e8d7c6b5a"

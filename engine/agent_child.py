@@ -3,7 +3,8 @@
 ``AgentProcess`` spawns a standby agent process (SDK imported, waiting), sends
 it ``start`` and ``end``, and kills it. Nothing waits for a reply: a frozen
 (SIGSTOPped) agent must not hold up the controller, whose deadline for the
-agent is a kill, not a reply.
+agent is a kill, not a reply. Both run through ``engine.child`` (spawn, pidfd,
+bounded stop).
 
 ``AgentServerProcess`` runs ``callctl agent-server`` on a free loopback port
 and reads its ready line (bounded wait).
@@ -15,7 +16,6 @@ import json
 import os
 import re
 import select
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import zmq
 
-from callctl.engine import lifeline, protocol
+from callctl.engine import child, protocol
 from callctl.engine.credentials import without_secrets
 
 
@@ -50,14 +50,9 @@ class AgentProcess:
                "--events", events]
         if config:
             cmd += ["--config", config]
-        self.spawned_at = time.monotonic()
-        self.popen = lifeline.spawn(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=stderr, env=_child_env(env))
-        self.pidfd: int | None = None
-        try:
-            self.pidfd = os.pidfd_open(self.popen.pid)
-        except (AttributeError, OSError):
-            pass
+        self.child = child.spawn(cmd, stdout=subprocess.DEVNULL, stderr=stderr,
+                                 env=_child_env(env))
+        self.spawned_at = self.child.spawned_at
         self.socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(control)
@@ -69,10 +64,10 @@ class AgentProcess:
 
     @property
     def pid(self) -> int:
-        return self.popen.pid
+        return self.child.pid
 
     def alive(self) -> bool:
-        return self.popen.poll() is None
+        return self.child.alive()
 
     def send(self, message: dict[str, Any]) -> None:
         try:
@@ -117,29 +112,37 @@ class AgentProcess:
         self.send({"cmd": "end"})
 
     def kill(self) -> None:
-        if self.alive():
+        """SIGKILL now (``killed`` records it); waits for nothing."""
+        if self.alive() and self.child.kill():
             self.killed = True
-            try:
-                os.kill(self.popen.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def reap(self, timeout: float = 5.0) -> int | None:
-        """Wait for the exit (bounded); release the socket and the pidfd."""
-        try:
-            code = self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
+        """Wait for the exit (bounded); release the socket and the pidfd. None on timeout."""
+        code = self.child.wait(timeout)
+        if code is None:
             return None
         if self.exited_at is None:
             self.exited_at = time.monotonic()
         self.close()
         return code
 
+    def stop(self, grace: float) -> int | None:
+        """``end``, wait up to ``grace`` s, then SIGKILL (``killed`` set) and reap
+        (``child.KILL_WAIT_S`` at most). The agent exits at once on SIGTERM, so the
+        kill comes straight after the grace."""
+        code = self.child.wait(0)
+        if code is None:
+            stopped = self.child.stop(self.end, grace, term_grace=0.0)
+            self.killed = stopped.step in ("terminated", "killed", "unreaped")
+            code = stopped.returncode
+        if code is not None and self.exited_at is None:
+            self.exited_at = time.monotonic()
+        self.close()
+        return code
+
     def close(self) -> None:
         self.socket.close(0)
-        if self.pidfd is not None:
-            os.close(self.pidfd)
-            self.pidfd = None
+        self.child.close()
 
 
 class AgentServerProcess:
@@ -156,10 +159,11 @@ class AgentServerProcess:
                  env: dict[str, str] | None = None) -> None:
         cmd = [sys.executable, "-m", "callctl.engine.agent_server", "--host", "127.0.0.1",
                "--port", "0", *(extra_args or [])]
-        self.spawned_at = time.monotonic()
         # The user's key is not the local server's business.
-        self.popen = lifeline.spawn(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=stderr, env=without_secrets(_child_env(env)))
+        self.child = child.spawn(cmd, stdout=subprocess.PIPE, stderr=stderr,
+                                 env=without_secrets(_child_env(env)))
+        self.popen = self.child.popen
+        self.spawned_at = self.child.spawned_at
         self.base_url: str | None = None
         self._buffered = b""
 
@@ -182,8 +186,8 @@ class AgentServerProcess:
     def wait_ready(self, timeout: float = 20.0) -> str:
         deadline = time.monotonic() + timeout
         while not self.poll_ready():
-            if self.popen.poll() is not None or time.monotonic() > deadline:
-                code = self.popen.poll()
+            if self.child.poll() is not None or time.monotonic() > deadline:
+                code = self.child.poll()
                 self.stop()
                 raise RuntimeError("the local agent server did not start"
                                    + (f" (exit {code})" if code else ""))
@@ -191,10 +195,20 @@ class AgentServerProcess:
         assert self.base_url is not None
         return self.base_url
 
+    @property
+    def pid(self) -> int:
+        return self.child.pid
+
     def alive(self) -> bool:
-        return self.popen.poll() is None
+        return self.child.alive()
 
     def stop(self, timeout: float = 3.0) -> None:
-        lifeline.terminate(self.popen, timeout)
+        """SIGTERM, then SIGKILL after ``timeout`` s; reaped; its pipe closed."""
+        self.child.stop(grace=timeout)
         if self.popen.stdout:
             self.popen.stdout.close()
+
+    def discard(self) -> None:
+        """For one that died or never got ready: SIGKILL, reap, close its pipe (prompt)."""
+        self.child.kill()
+        self.stop(timeout=0.0)
