@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from callctl.engine.audio_client import AudioProcess, AudioProcessError
+from callctl.engine.audio_child import AudioProcess, AudioProcessError
 from callctl.engine.ring import AudioRing
 from testing.measure import BEFORE_S, TAIL_S, db, peak
 from testing.observer import TimedObserver

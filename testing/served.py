@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from callctl.engine.audio_client import ControlClient
+from callctl.engine.control_client import ControlClient
 
 from testing.observer import PlaybackObserver
 from testing.processes import StartStop
