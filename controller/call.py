@@ -52,6 +52,8 @@ class Call:
     transcript: list[dict[str, Any]] = field(default_factory=list)
     clone_voice: str | None = None
     """Clone the caller's voice under this name after the call (None: no clone)."""
+    device_reopens_seen: int = 0
+    """Device stream reopens (``status["reopens"]``) already published as events."""
     claim: int | None = None
     """The call folder's lock (``postcall.claim_call_folder``), held from the call's start
     until its post-call process has it: a controller that starts meanwhile leaves the

@@ -26,18 +26,22 @@ hangup arrived, an agent still alive is SIGKILLed and reaped; then
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import zmq
 
 from callctl.controller import endpoints
+from callctl.controller.agent_events import (
+    parse_agent_frame,
+    public_agent_event,
+    transcript_line,
+)
+from callctl.controller.audio_watch import audio_status_events
 from callctl.controller.call import Call, CallState, new_call_id
 from callctl.controller.children import (
     AUDIO_READY_TIMEOUT,
@@ -45,6 +49,7 @@ from callctl.controller.children import (
     ChildLogs,
     KeptChildren,
 )
+from callctl.controller.config import ControllerConfig
 from callctl.controller.curve import ServerKeys
 from callctl.controller.device_list import DeviceList
 from callctl.controller.endpoint_lock import EndpointLock
@@ -64,53 +69,6 @@ CONNECT_TIMEOUT = 15.0
 LEVELS_INTERVAL = 0.1
 STATUS_MAX_AGE = 0.1
 """Seconds a cached audio-process status may be old when a client asks ``status``."""
-
-
-@dataclass
-class ControllerConfig:
-    """Everything a controller needs to know, from the command line."""
-
-    endpoint: str
-    record_dir: Path
-    device: str | None = None
-    input_device: str | None = None
-    output_device: str | None = None
-    aec: bool = True
-    mic: str | None = None
-    speaker: str | None = None
-    echo: str | None = None
-    agent: str = "local"
-    base_url: str | None = None
-    kill_after: float = 2.0
-    agent_server_args: list[str] = field(default_factory=list)
-    config_path: str | None = None
-    verbose: bool = False
-    clone_voice: str | None = None
-    """Default voice-clone name for calls (``call`` may name one itself)."""
-    curve_dir: Path | None = None
-    """CurveZMQ keys (``controller.curve``) for the public sockets, or None."""
-    standby: bool = True
-    """Start the next call's agent process ahead of time (off only to measure a cold start)."""
-
-    def audio_args(self) -> list[str]:
-        args = []
-        if self.device is not None:
-            args += ["--device", self.device]
-        if self.input_device is not None:
-            args += ["--input-device", self.input_device]
-        if self.output_device is not None:
-            args += ["--output-device", self.output_device]
-        if not self.aec:
-            args += ["--no-aec"]
-        if self.mic:
-            args += ["--mic", self.mic]
-        if self.speaker:
-            args += ["--speaker", self.speaker]
-        if self.echo:
-            args += ["--echo", self.echo]
-        if self.verbose:
-            args += ["--verbose"]
-        return args
 
 
 class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
@@ -186,30 +144,8 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
     # -- sockets and children ---------------------------------------------------
 
     def _bind(self, kind: int, endpoint: str, public: bool = False) -> zmq.Socket:
-        sock = self.ctx.socket(kind)
-        try:
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
-            if public and self.keys is not None:
-                self.keys.apply(sock)
-            if endpoint.startswith("ipc://"):
-                path = Path(endpoint[len("ipc://"):])
-                if public:
-                    # We hold the endpoint's lock: a socket file there is a dead controller's.
-                    path.unlink(missing_ok=True)
-                sock.bind(endpoint)
-                os.chmod(path, 0o600)
-            else:
-                if "[" in endpoint:
-                    sock.ipv6 = True
-                sock.bind(endpoint)
-            if public:
-                # What libzmq bound, compared with what was checked (a refusal closes it).
-                endpoints.verify_bound(sock, endpoint, curve=self.keys is not None)
-        except BaseException:
-            sock.close(0)  # else the context's term() would wait for it forever
-            raise
-        return sock
+        return endpoints.bind(self.ctx, kind, endpoint, self.keys if public else None,
+                              public=public)
 
     @property
     def standby(self) -> AgentProcess | None:
@@ -432,11 +368,10 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
     # -- agent events -----------------------------------------------------------
 
     def _on_agent_event(self, frame: bytes) -> None:
-        try:
-            event = json.loads(frame)
-            name = event["event"]
-        except (ValueError, KeyError, TypeError):
+        event = parse_agent_frame(frame)
+        if event is None:
             return
+        name = event["event"]
         if name == protocol.EVENT_POSTCALL:  # from a post-call process, not an agent
             public = self.postcall.on_event(event)
             if public is not None:
@@ -445,29 +380,22 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
         call = self.call
         if call is None or self.agent is None or event.get("pid") != self.agent.pid:
             return  # a previous call's agent, still saying goodbye
-        cid = call.call_id
-        if name == protocol.AGENT_CONVERSATION:
+        announced = public_agent_event(event, call.call_id)
+        if announced is not None:
+            self.publish(announced[0], **announced[1])
+        line = transcript_line(event)
+        if line is not None:
+            call.transcript.append(line)
+        elif name == protocol.AGENT_CONVERSATION:
             call.conversation_id = event.get("conversation_id")
             call.connected_at = time.monotonic()
-            self.publish(protocol.EVENT_AGENT, call_id=cid, kind="conversation",
-                         conversation_id=call.conversation_id)
             if self.state == CallState.STARTING:
                 self._set_state(CallState.IN_CALL)
-        elif name in (protocol.AGENT_RESPONSE, protocol.AGENT_USER_TRANSCRIPT):
-            role = "agent" if name == protocol.AGENT_RESPONSE else "caller"
-            line = {"t": event.get("t"), "role": role, "text": event.get("text", "")}
-            call.transcript.append(line)
-            self.publish(protocol.EVENT_TRANSCRIPT, call_id=cid, role=role, text=line["text"])
-        elif name == protocol.AGENT_INTERRUPTION:
-            self.publish(protocol.EVENT_AGENT, call_id=cid, kind="interruption",
-                         dropped_frames=event.get("dropped_frames"), t=event.get("t"))
-        elif name == protocol.AGENT_LATENCY:
-            self.publish(protocol.EVENT_AGENT, call_id=cid, kind="latency", ms=event.get("ms"))
         elif name == protocol.AGENT_ERROR:
             message = str(event.get("message"))
             code = str(event.get("code") or protocol.AGENT_FAILED)
             call.errors.append(message)
-            self.publish(protocol.EVENT_ERROR, call_id=cid, message=message, code=code)
+            self.publish(protocol.EVENT_ERROR, call_id=call.call_id, message=message, code=code)
             if self.state == CallState.STARTING:
                 self._end_call(message, code)
         elif name == protocol.AGENT_DISCONNECT:
@@ -598,9 +526,10 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
                 and call is not None and call.agent == "local" and not call.agent_started):
             self._end_call("the local agent server failed to start",
                                    protocol.AGENT_SERVER)
-        for turn in (turns.audio, turns.server, turns.standby):
+        for turn, code in ((turns.audio, protocol.AUDIO), (turns.server, protocol.AGENT_SERVER),
+                           (turns.standby, protocol.AGENT_FAILED)):
             if turn.gave_up is not None:
-                self.publish(protocol.EVENT_ERROR, message=turn.gave_up,
+                self.publish(protocol.EVENT_ERROR, message=turn.gave_up, code=code,
                              call_id=call.call_id if call else None)
 
     def _audio_status(self, max_age: float) -> dict[str, Any] | None:
@@ -626,34 +555,14 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
         status = self._audio_status(max_age=0.0)
         if not status or not status.get("ok"):
             return
-        reopens = status.get("reopens") or []
-        seen = getattr(call, "device_reopens_seen", 0)
-        for entry in reopens[seen:]:
-            # A stream lost and reopened (or being reopened) by the device: the call goes on.
-            what = "reopened" if entry.get("reopened") else "lost, reopening"
-            self.publish(protocol.EVENT_ERROR, call_id=call.call_id, kind="device_reopened",
-                         code=protocol.AUDIO,
-                         message=f"audio stream {what}: {entry.get('error')}",
-                         gap_ms=entry.get("gap_ms"))
-        call.device_reopens_seen = len(reopens)  # type: ignore[attr-defined]
-        if status.get("state") == "stopped" and call.audio_started:
-            # The device went away under us and could not be reopened (3 failed
-            # reopens within 5 s on the pulse backend; at once on the others).
-            detail = status.get("last_device_error")
-            self.publish(protocol.EVENT_ERROR, call_id=call.call_id, code=protocol.AUDIO,
-                         message="the audio device stopped (disconnected?)"
-                         + (f": {detail}" if detail else ""))
+        watch = audio_status_events(status, call.call_id, call.device_reopens_seen,
+                                    call.errors, call.audio_started)
+        call.device_reopens_seen = watch.reopens_seen
+        call.errors.extend(watch.new_errors)
+        for topic, fields in watch.events:
+            self.publish(topic, **fields)
+        if watch.device_lost:
             self._end_call("audio device lost", protocol.AUDIO)
-            return
-        error = status.get("recording_error")
-        if error and error not in call.errors:
-            call.errors.append(error)
-            self.publish(protocol.EVENT_ERROR, call_id=call.call_id, message=error,
-                         code=protocol.STORAGE)
-        levels = status.get("levels") or {}
-        self.publish(protocol.EVENT_LEVELS, call_id=call.call_id,
-                     in_dbfs=levels.get("in_dbfs"), out_dbfs=levels.get("out_dbfs"),
-                     xruns=status.get("xruns"))
 
     def _on_audio_died(self) -> None:
         """The ready audio process died (its keeper has reaped it, unlinked its rings and,

@@ -27,6 +27,9 @@ from pathlib import Path
 
 import zmq
 
+from callctl.controller.curve import ServerKeys
+from callctl.engine import protocol
+
 IPC_PATH_MAX = 107
 """Longest Unix socket path Linux accepts (sun_path is 108 bytes with the NUL)."""
 
@@ -227,3 +230,38 @@ def events_endpoint(control: str) -> str:
 def private_dir_for(control: str) -> Path:
     """Where the controller keeps its internal sockets: a fresh 0700 directory."""
     return Path(tempfile.mkdtemp(prefix="c", dir=runtime_dir()))  # short: ipc paths are limited
+
+
+def bind(ctx: zmq.Context, kind: int, endpoint: str, keys: ServerKeys | None = None,
+         public: bool = False) -> zmq.Socket:
+    """A new socket of ``kind`` bound to ``endpoint``: no linger, ``MAX_FRAME_BYTES`` at most
+    a message, CURVE when ``keys`` are given, an ipc socket file made 0600.
+
+    ``public``: the controller's control or events endpoint, already ``check``ed. The
+    caller holds the endpoint's lock (``EndpointLock``), so a socket file already there
+    is a dead controller's and is replaced; after binding, what libzmq bound is compared
+    with what was checked (``verify_bound``). Raises what binding raises; the socket is
+    closed then (a context's ``term()`` would otherwise wait for it for ever).
+    """
+    sock = ctx.socket(kind)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
+        if keys is not None:
+            keys.apply(sock)
+        if endpoint.startswith("ipc://"):
+            path = Path(endpoint[len("ipc://"):])
+            if public:
+                path.unlink(missing_ok=True)
+            sock.bind(endpoint)
+            os.chmod(path, 0o600)
+        else:
+            if "[" in endpoint:
+                sock.ipv6 = True
+            sock.bind(endpoint)
+        if public:
+            verify_bound(sock, endpoint, curve=keys is not None)
+    except BaseException:
+        sock.close(0)
+        raise
+    return sock

@@ -8,7 +8,7 @@ from pathlib import Path
 import platformdirs
 
 from callctl.controller import endpoints
-from callctl.controller.controller import ControllerConfig
+from callctl.controller.config import ControllerConfig
 from callctl.controller.curve import curve_dir
 from callctl.engine.wavfile import read_wav
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from callctl.engine.control_client import ControlClient
 
+from callctl.engine.control_client import ControlClient
 from testing.observer import PlaybackObserver
 from testing.processes import StartStop
 from testing.pulse import PulseServer
