@@ -26,6 +26,7 @@ import argparse
 import logging
 import os
 import re
+import socket
 import sys
 import threading
 import time
@@ -421,12 +422,14 @@ def failure_code(exc: BaseException) -> str:
     """The error code for a session that could not be built or opened.
 
     The SDK's HTTP errors carry ``status_code``; 401 and 403 are the key refused.
-    A network failure (OSError: refused, unreachable, timed out) is the service
-    unreachable; anything else, the agent process failing.
+    A network failure (refused, reset, timed out, a name that does not resolve) is
+    the service unreachable; anything else, a missing ring included, the agent
+    process failing.
     """
     if getattr(exc, "status_code", None) in (401, 403):
         return protocol.AGENT_AUTH
-    if isinstance(exc, OSError) or "connect" in type(exc).__name__.lower():
+    if (isinstance(exc, ConnectionError | TimeoutError | socket.gaierror)
+            or "connect" in type(exc).__name__.lower()):
         return protocol.AGENT_UNREACHABLE
     return protocol.AGENT_FAILED
 

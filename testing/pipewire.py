@@ -210,9 +210,16 @@ class PipeWireServer(PulseProtocolServer):
             # default metadata exists, i.e. once the default sink shows.
             self._wait_for(lambda: self._defaults()[0] == self.sink,
                            "the default sink", deadline)
-            self.pactl("set-default-source", self.source)
-            self._wait_for(lambda: self._defaults() == (self.sink, self.source),
-                           "the default source", deadline)
+            # "Not supported" while WirePlumber has not yet published the monitor as a
+            # node it may choose: asked again until it is taken.
+            def source_taken() -> bool:
+                try:
+                    self.pactl("set-default-source", self.source)
+                except PipeWireError:
+                    return False
+                return self._defaults() == (self.sink, self.source)
+
+            self._wait_for(source_taken, "the default source", deadline)
 
         self._start_in_tmpdir(bring_up)
         return self

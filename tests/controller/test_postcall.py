@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from callctl.controller import postcall
+from callctl.engine import protocol
 from callctl.engine.wavfile import read_wav
 from testing.cli import callctl
 
@@ -361,7 +362,7 @@ def test_a_hangup_during_the_previous_calls_upload_is_not_delayed_and_cancel_clo
     summary = json.loads((tmp_path / "calls" / first / "summary.json").read_text())
     assert summary["voice_id"] == done["voice_id"]
     assert served.request({"cmd": "cancel_clone"}) == {
-        "ok": False, "error": "no voice clone in progress"}
+        "ok": False, "error": "no voice clone in progress", "code": protocol.NO_CLONE}
     assert SENTINEL_KEY not in everything_written(tmp_path)
 
 

@@ -131,6 +131,12 @@ def test_the_child_dies_with_the_thread_that_spawned_it(tmp_path: Path) -> None:
         assert parent.stdout is not None
         assert select.select([parent.stdout], [], [], 15)[0]
         grandchild = int(parent.stdout.readline())
+        # Once it runs ``sleep``, setpriv has set the parent-death signal (a Python child
+        # would also check its parent itself: ``lifeline.die_with_parent``).
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{grandchild}/comm").read_text().strip() != "sleep":
+            assert time.monotonic() < deadline, "setpriv did not exec the child"
+            time.sleep(0.01)
         parent.kill()
         parent.wait(5)
         deadline = time.monotonic() + 5
