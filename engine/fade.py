@@ -58,21 +58,33 @@ def tail_for(before_peak: float, fade_peak: float, frames: int) -> tuple[int, fl
     ``frames``-long fade over samples peaking at ``fade_peak``, after a listener heard
     ``before_peak`` (sample units) in the 10 ms before the hangup.
 
-    Speech can grow by 20 dB within the few milliseconds between a hangup and the
-    start of a fade at the device (a vowel after a consonant). With the usual tail,
-    30 dB under the faded samples, the last audible millisecond would then be only
-    10 dB under what was heard: a tick. So the tail starts ``HEARD_MARGIN_DB`` under
-    ``before_peak`` instead, and is made long enough to stay above ``QUIET`` for
-    ``TAIL_AUDIBLE_SECONDS`` (the steeper part is the body's, which ends first). Not
-    below 1.5 × ``QUIET``: a tail that starts in the silence has nothing to do. The
-    fade's length, and so the moment of silence, does not change. Returns the usual
-    ``(TAIL_SECONDS in frames, TAIL_DB)`` when the voice does not grow.
+    What is still audible in the fade's last millisecond must be the tail, at least
+    ``HEARD_MARGIN_DB`` under what was heard. The usual tail starts ``TAIL_DB``
+    (-30 dB) under the faded samples. Two cases move it:
+
+    * the voice grows into the fade (a vowel after a consonant, 20 dB within the few
+      milliseconds between a hangup and the fade at the device): the usual tail
+      would be only 10 dB under what was heard, so it starts ``HEARD_MARGIN_DB``
+      under ``before_peak`` instead;
+    * the voice is quiet: the usual tail would start below ``QUIET``, silent, and the
+      last audible millisecond would be the body's steep end, so it starts at twice
+      ``QUIET`` instead (still ``HEARD_MARGIN_DB`` under what was heard when that
+      was -30 dBFS or louder).
+
+    The tail is then made long enough to stay above ``QUIET`` for
+    ``TAIL_AUDIBLE_SECONDS``. The fade's length, and so the moment of silence, does
+    not change. Returns the usual ``(TAIL_SECONDS in frames, TAIL_DB)`` when neither
+    case applies.
     """
     usual = round(TAIL_SECONDS * SAMPLE_RATE)
-    if fade_peak * 10.0 ** (TAIL_DB / 20.0) <= before_peak * 10.0 ** (HEARD_MARGIN_DB / 20.0):
+    if fade_peak <= 0:
         return usual, TAIL_DB
-    start = max(before_peak * 10.0 ** (HEARD_MARGIN_DB / 20.0), 1.5 * QUIET)
-    if start >= fade_peak * 10.0 ** (TAIL_DB / 20.0):
+    start = fade_peak * 10.0 ** (TAIL_DB / 20.0)
+    limit = before_peak * 10.0 ** (HEARD_MARGIN_DB / 20.0)
+    if 2.0 * QUIET <= start <= max(limit, 2.0 * QUIET):
+        return usual, TAIL_DB
+    start = max(min(start, limit), 2.0 * QUIET)
+    if start >= fade_peak:  # a fade of audio this quiet needs no tail of its own
         return usual, TAIL_DB
     # A raised cosine from ``start`` to 0 over n frames is above QUIET for
     # n * acos(2 QUIET / start - 1) / pi frames.

@@ -30,13 +30,13 @@ def test_a_lower_tail_starts_where_it_is_asked_and_keeps_the_length() -> None:
 
 def test_the_usual_tail_unless_the_voice_grows_into_the_fade() -> None:
     usual = (round(TAIL_SECONDS * RATE), TAIL_DB)
-    assert tail_for(3000.0, 2000.0, 96) == usual
+    assert tail_for(3000.0, 2500.0, 96) == usual
     assert tail_for(3000.0, 7000.0, 96) == usual  # 7 dB up: the usual tail is 23 dB under
     frames, tail_db = tail_for(1000.0, 20_000.0, 96)
     assert tail_db < TAIL_DB and usual[0] < frames <= 48
     # The tail starts 22 dB under what was heard.
     assert abs(20_000 * 10 ** (tail_db / 20) - 1000 * 10 ** (-22 / 20)) < 1e-6
-    assert tail_for(0.0, 100.0, 96) == usual
+    assert tail_for(0.0, 50.0, 96) == usual  # no louder than the tail itself would be
 
 
 def click_db(before: np.ndarray, faded: np.ndarray) -> float:
@@ -59,4 +59,20 @@ def test_a_voice_that_grows_into_the_fade_ends_20_db_under_what_was_heard(heard:
     adapted = during * fade_curve(96, *tail).astype(np.float64)
     if heard <= 3000:  # 20 dB or more of growth
         assert click_db(before, plain) > -20, "the usual tail is not enough: the test can fail"
+    assert click_db(before, adapted) <= -20, click_db(before, adapted)
+
+
+def test_a_quiet_voice_ends_in_an_audible_tail_20_db_under_what_was_heard() -> None:
+    """At -30 dBFS the usual tail (30 dB under) would start below -60 dBFS, silent: the
+    last audible millisecond would be the body's steep end, only 14 dB under."""
+    t = np.arange(RATE // 10) / RATE
+    tone = np.sin(2 * np.pi * 220 * t)
+    before = np.round(1071 * tone[:160])
+    during = np.round(852 * tone[160:256])
+    frames, tail_db = tail_for(float(np.abs(before).max()), float(np.abs(during).max()), 96)
+    assert tail_db > TAIL_DB, "the tail starts higher re the signal, at twice QUIET"
+    assert abs(852 * 10 ** (tail_db / 20) - 2 * QUIET) < 1e-6
+    plain = during * fade_curve(96).astype(np.float64)
+    adapted = during * fade_curve(96, frames, tail_db).astype(np.float64)
+    assert click_db(before, plain) > -20, "the usual tail is not enough: the test can fail"
     assert click_db(before, adapted) <= -20, click_db(before, adapted)
