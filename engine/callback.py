@@ -119,8 +119,10 @@ class DuplexCallback:
         elif device_status:
             self.device_xruns += 1
         if self._flush_seen != self._flush_requests:
-            self._flush_seen = self._flush_requests
+            wanted = self._flush_requests
+            # The count first: the control thread reads it once it sees the request done.
             self.last_flush_dropped = self.playback.flush()
+            self._flush_seen = wanted
 
         if gap:
             # Nothing played during a device gap: keep the agent's audio for when the
