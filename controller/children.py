@@ -1,5 +1,12 @@
-"""The controller's kept children: the audio process, the standby agent process, the local
-agent server, each kept running by an ``engine.child.Restarter``.
+"""The controller's kept children: the audio process, the standby agent process and its
+spare, the local agent server, each kept running by an ``engine.child.Restarter``.
+
+Why a spare: an agent process is ready (the SDK imported) about 0.8 s after it
+is spawned, so a call that ends sooner than that after the standby was taken,
+followed at once by another, would find the next standby still importing. The
+spare is an agent process spawned earlier; taking the standby moves the spare
+up (``take_standby``), and a new spare is begun when the owner says
+(``begin_spare``), so no import runs on the cores while a call starts.
 
 ``KeptChildren`` spawns them (from the controller's loop thread, which
 ``engine.child`` ties their lives to), replaces one that dies (at most
@@ -75,6 +82,7 @@ class Turns:
     audio: child.Turn[AudioProcess]
     server: child.Turn[AgentServerProcess]
     standby: child.Turn[AgentProcess]
+    spare: child.Turn[AgentProcess]
 
 
 class KeptChildren:
@@ -100,10 +108,8 @@ class KeptChildren:
             self._new_audio, alive=AudioProcess.alive, ready=AudioProcess.poll_ready,
             discard=AudioProcess.discard, limit=RESTART_LIMIT, window_s=RESTART_WINDOW_S,
             ready_timeout_s=AUDIO_READY_TIMEOUT, what="the audio process")
-        self.standby: child.Restarter[AgentProcess] = child.Restarter(
-            self._new_standby, alive=AgentProcess.alive, ready=lambda a: a.ready,
-            discard=_discard_agent, limit=RESTART_LIMIT, window_s=RESTART_WINDOW_S,
-            ready_timeout_s=STANDBY_READY_TIMEOUT, what="the agent process")
+        self.standby: child.Restarter[AgentProcess] = self._agent_keeper()
+        self.spare: child.Restarter[AgentProcess] = self._agent_keeper()
         self.server: child.Restarter[AgentServerProcess] = child.Restarter(
             self._new_server, alive=AgentServerProcess.alive,
             ready=AgentServerProcess.poll_ready, discard=AgentServerProcess.discard,
@@ -116,6 +122,12 @@ class KeptChildren:
         prefix = f"callctl-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         return AudioProcess(f"ipc://{self.private}/a{uuid.uuid4().hex[:4]}", prefix,
                             self.audio_args)
+
+    def _agent_keeper(self) -> child.Restarter[AgentProcess]:
+        return child.Restarter(
+            self._new_standby, alive=AgentProcess.alive, ready=lambda a: a.ready,
+            discard=_discard_agent, limit=RESTART_LIMIT, window_s=RESTART_WINDOW_S,
+            ready_timeout_s=STANDBY_READY_TIMEOUT, what="the agent process")
 
     def _new_standby(self) -> AgentProcess:
         return AgentProcess(f"ipc://{self.private}/g{self.next_call()}-{uuid.uuid4().hex[:4]}",
@@ -140,33 +152,61 @@ class KeptChildren:
         assert self.audio.ready_child is audio
         return audio
 
+    def take_standby(self, start_next: bool) -> AgentProcess:
+        """Hand the standby over (the caller owns it now). With ``start_next``, the spare
+        (ready or not) becomes the standby, or a new standby is begun when there is no
+        spare; the next spare waits for ``begin_spare``."""
+        agent = self.standby.take(start_next=False)
+        if start_next:
+            if self.spare.current is not None:
+                self.standby.take_over(self.spare)
+            else:
+                self.standby.begin()
+        return agent
+
+    def begin_spare(self) -> None:
+        """Begin a spare if none is kept (nor given up on) and the standby is ready, so
+        that during a call at most one agent process imports at a time. (The controller
+        begins the first spare with the first standby, before any call.)"""
+        if (self.spare.current is None and self.spare.gave_up is None
+                and self.standby.ready_child is not None):
+            self.spare.begin()
+
+    def agents_kept(self) -> list[AgentProcess]:
+        """The standby and the spare that exist (ready or not)."""
+        return [a for a in (self.standby.current, self.spare.current) if a is not None]
+
     def retry_for_call(self, agent: str) -> None:
         """A call was asked for (``agent``): a fresh attempt at each child it needs that was
         given up on, or is not running (the audio process; the local server for ``local``)."""
         if self.standby.gave_up is not None:
             self.standby.reset()
+        if self.spare.gave_up is not None:
+            self.spare.reset(begin=False)  # begun when the standby is ready
         for keeper in (self.audio, self.server) if agent == "local" else (self.audio,):
             if keeper.gave_up is not None or keeper.current is None:
                 keeper.reset()
 
     def pidfds(self) -> list[int]:
         """The kept children's pidfds, for the loop's poller: an exit wakes the loop."""
-        kept = (self.audio.current, self.standby.current, self.server.current)
+        kept = (self.audio.current, self.standby.current, self.spare.current,
+                self.server.current)
         return [k.child.pidfd for k in kept if k is not None and k.child.pidfd is not None]
 
     def poll(self, restart: bool) -> Turns:
         """One turn of each restarter (``restart`` False once the controller is stopping:
         the dead are reaped, not replaced). Never waits, but for reaping the dead."""
         return Turns(self.audio.poll(restart), self.server.poll(restart),
-                     self.standby.poll(restart))
+                     self.standby.poll(restart), self.spare.poll(restart))
 
     def close(self, agent: AgentProcess | None, kill_after: float) -> None:
         """Stop everything, the call's ``agent`` too: the agents are told to end together
         and SIGKILLed at ``kill_after`` s; the audio process gets ``shutdown``, SIGTERM,
         SIGKILL (and its rings are unlinked); the local server SIGTERM, SIGKILL."""
-        standby = self.standby.current
-        self.standby.stop(how=lambda _: None)  # stopped below, with the call's agent
-        agents = [a for a in (agent, standby) if a is not None]
+        kept = self.agents_kept()
+        for keeper in (self.standby, self.spare):
+            keeper.stop(how=lambda _: None)  # stopped below, with the call's agent
+        agents = [a for a in (agent, *kept) if a is not None]
         for each in agents:
             each.end()  # all at once: they share the deadline
         deadline = time.monotonic() + kill_after

@@ -10,10 +10,11 @@ tick) bound each wait.
 Children (spawned from this thread through ``engine.child``, which ties their
 lives to it): the audio process (warm across calls), a standby agent process
 (imports done and, once ready, ``prepare``d for the default agent: its session
-built before the call), the call's agent process, and the local agent server
+built before the call) and its spare (imports done; the next standby, begun
+when no call is starting), the call's agent process, and the local agent server
 when the agent is ``local`` (started with the controller, so the standby can
-be prepared for the first call). The audio process, the standby and the local
-agent server are kept by ``controller.children``: one that dies is replaced
+be prepared for the first call). The audio process, the standby, the spare and
+the local agent server are kept by ``controller.children``: one that dies is replaced
 (a bounded number of times; a call asked for is a fresh attempt), and its
 readiness is checked once a turn, never waited for.
 
@@ -190,6 +191,7 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
                 self.kept.server.begin()
             if self.config.standby:
                 self.kept.standby.begin()
+                self.kept.spare.begin()  # both at once: no call is starting yet
             while not (self._stopping and self.state not in (CallState.STARTING,
                                                               CallState.ENDING)):
                 self._turn()
@@ -201,7 +203,7 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
         """One turn of the serving loop: a request answered the moment it arrives (a
         hangup never waits more than this turn), the agents' events read."""
         others: list[zmq.Socket | int] = [self.pull]
-        for agent in (self.standby, self.agent):
+        for agent in (*self.kept.agents_kept(), self.agent):
             if agent is not None:
                 others.append(agent.socket)
         others.extend(self.kept.pidfds())  # an exit wakes the loop
@@ -247,9 +249,11 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
             call=self.call.summary() if self.call else None, last_call=self.last_ended,
             audio=audio, agent_server=self.server.base_url if self.server else None,
             standby_ready=bool(self.standby and self.standby.ready),
+            spare_ready=self.kept.spare.ready_child is not None,
             pids={"audio": self.audio.pid if self.audio else None,
                   "agent": self.agent.pid if self.agent else None,
                   "standby": self.standby.pid if self.standby else None,
+                  "spare": self.kept.spare.current.pid if self.kept.spare.current else None,
                   "agent_server": self.server.pid if self.server else None},
         )
 
@@ -363,7 +367,7 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
         standby.start(**fields)
         call.agent_started = True
         # With a standby kept, the next call's starts warming up while this one runs.
-        self.agent = self.kept.standby.take(start_next=self.config.standby)
+        self.agent = self.kept.take_standby(start_next=self.config.standby)
 
     # -- agent events -----------------------------------------------------------
 
@@ -493,7 +497,7 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
             self.publish(protocol.EVENT_POSTCALL, **failure)
         if self._stop_requested and not self._stopping:
             self.cmd_shutdown({"cmd": "shutdown"})
-        for agent in (self.standby, self.agent):
+        for agent in (*self.kept.agents_kept(), self.agent):
             if agent is not None:
                 agent.read_replies()
         self._supervise()
@@ -508,9 +512,13 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
                 self._publish_levels(call)
         if self.state == CallState.ENDING and call is not None:
             self._advance_end(call)
+        for kept in self.kept.agents_kept():
+            if kept.alive():
+                kept.poke()
         if self.standby is not None and self.standby.alive():
-            self.standby.poke()
             self._prepare_standby()
+        if self.config.standby and self.state != CallState.STARTING and not self._stopping:
+            self.kept.begin_spare()
 
     def _supervise(self) -> None:
         """One turn of each kept child's restarter: deaths noticed, replacements started,
@@ -527,7 +535,8 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
             self._end_call("the local agent server failed to start",
                                    protocol.AGENT_SERVER)
         for turn, code in ((turns.audio, protocol.AUDIO), (turns.server, protocol.AGENT_SERVER),
-                           (turns.standby, protocol.AGENT_FAILED)):
+                           (turns.standby, protocol.AGENT_FAILED),
+                           (turns.spare, protocol.AGENT_FAILED)):
             if turn.gave_up is not None:
                 self.publish(protocol.EVENT_ERROR, message=turn.gave_up, code=code,
                              call_id=call.call_id if call else None)

@@ -275,11 +275,21 @@ class Restarter(Generic[C]):
             self.begin()
         return child
 
-    def reset(self) -> None:
-        """Forget the restarts counted; start a child if none is running."""
+    def take_over(self, other: Restarter[C]) -> None:
+        """Keep ``other``'s current child from now on, as this one's (its readiness and
+        start time with it); ``other`` keeps nothing until it begins again. The current
+        child, if any, is discarded first."""
+        if self.current is not None:
+            self._discard(self.current)
+        self.current, self.is_ready, self._started_at = (
+            other.current, other.is_ready, other._started_at)
+        other.current, other.is_ready = None, False
+
+    def reset(self, begin: bool = True) -> None:
+        """Forget the restarts counted; with ``begin``, start a child if none is running."""
         self._restarts.clear()
         self.gave_up = None
-        if self.current is None:
+        if begin and self.current is None:
             self.begin()
 
     def poll(self, restart: bool = True) -> Turn[C]:

@@ -249,11 +249,37 @@ def test_agent_dying_mid_call_ends_the_call_and_stops_the_audio(serve: Any) -> N
     assert status["audio"]["state"] == "stopped"
 
 
+def wait_status(served: Any, what: Any, timeout: float = 30.0) -> dict[str, Any]:
+    """Poll ``status`` until ``what(status)`` holds (at most ``timeout`` s); that status."""
+    deadline = time.monotonic() + timeout
+    status = served.request({"cmd": "status"})
+    while not what(status):
+        assert time.monotonic() < deadline, f"status never as wanted: {status}"
+        time.sleep(0.05)
+        status = served.request({"cmd": "status"})
+    return status
+
+
+def test_a_call_right_after_a_short_call_finds_its_agent_process_ready(serve: Any) -> None:
+    """An agent process takes most of a second to import the SDK: the spare, begun
+    earlier, becomes the standby when a call takes the standby."""
+    served = serve(speech_at=[30.0])
+    wait_status(served, lambda s: s["standby_ready"] and s["spare_ready"])
+    for _ in range(2):
+        in_call(served)
+        assert served.request({"cmd": "hangup"})["ok"]
+        ended(served)
+        status = served.request({"cmd": "status"})
+        assert status["state"] == "idle" and status["standby_ready"], status["pids"]
+        wait_status(served, lambda s: s["spare_ready"])  # the next spare, begun meanwhile
+
+
 def test_controller_sigkill_leaves_no_process_and_no_segment(serve: Any) -> None:
     served = serve(speech_at=[30.0])
-    status = in_call(served)
+    in_call(served)
+    status = wait_status(served, lambda s: s["pids"]["spare"])  # begun once in the call
     pids = [p for p in status["pids"].values() if p]
-    assert len(pids) == 4  # audio, agent, standby, agent server
+    assert len(pids) == 5  # audio, agent, standby, spare, agent server
     rings = status["audio"]["rings"]
     os.kill(served.proc.pid, signal.SIGKILL)
     served.proc.wait(5)

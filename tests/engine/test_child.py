@@ -253,3 +253,17 @@ def test_take_hands_the_child_over_without_counting_a_restart(start_next: bool) 
     finally:
         taken.stop(grace=0.0, term_grace=0.0)
         restarter.stop()
+
+
+def test_take_over_moves_a_ready_child_from_one_keeper_to_another() -> None:
+    spare, standby = kept(["sleep", "60"]), kept(["sleep", "60"])
+    child_ = spare.begin()
+    try:
+        assert spare.poll().became_ready
+        standby.take_over(spare)
+        assert standby.ready_child is child_ and spare.current is None
+        assert not standby.poll().became_ready, "its readiness came with it"
+        assert spare.poll().died is None
+    finally:
+        spare.stop()
+        standby.stop()

@@ -26,11 +26,13 @@ FLOOD = textwrap.dedent("""
         while s.poll(0):
             s.recv_multipart(); got += 1
         time.sleep(0.0005)
+    sending = time.monotonic() - start
     deadline = time.monotonic() + 5
     while got < sent and time.monotonic() < deadline:
         if s.poll(100):
             s.recv_multipart(); got += 1
-    print(json.dumps({"sent": sent, "answered": got, "seconds": time.monotonic() - start}))
+    print(json.dumps({"sent": sent, "answered": got, "sending_s": sending,
+                      "seconds": time.monotonic() - start}))
 """)
 
 
@@ -56,7 +58,9 @@ def test_status_flood_causes_no_xrun_and_does_not_delay_a_hangup() -> None:
         out, _ = flood.communicate(timeout=30)
         figures = json.loads(out)
         print(f"flood: {figures}, hangup reply {replied_ms:.1f} ms")
-        assert figures["sent"] / figures["seconds"] >= 5000, figures
+        # The flood was one: requests went out at 5,000 a second or more (their answers
+        # may trail; every one must come).
+        assert figures["sent"] / figures["sending_s"] >= 5000, figures
         assert figures["answered"] == figures["sent"], "every status was answered"
         assert reply["ok"]
         assert replied_ms < 200, f"hangup reply took {replied_ms:.0f} ms under the flood"
