@@ -1,10 +1,11 @@
-"""What the audio process's ``status``, read during a call, means for the call's clients.
+"""What the audio process's ``watch`` reply, read during a call, means for the call's clients.
 
-``audio_status_events`` is the controller's reading of one status reply (about ten a
-second during a call): the level meters, a device stream lost and reopened, a device
-gone for good, a recording that could not be written. It publishes nothing itself and
-keeps no state: it returns the events to publish and what changed, and the controller
-acts on them (``Controller._publish_levels``).
+``audio_status_events`` is the controller's reading of one ``watch`` reply (about ten a
+second during a call; ``status`` has the same fields and more): the level meters, a
+device stream lost and reopened, a device gone for good, a recording that could not be
+written. It publishes nothing itself and keeps no state: it returns the events to
+publish and what changed, and the controller acts on them
+(``Controller._publish_levels``).
 """
 
 from __future__ import annotations

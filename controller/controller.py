@@ -561,8 +561,13 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
         return self._audio_cache[1]
 
     def _publish_levels(self, call: Call) -> None:
-        status = self._audio_status(max_age=0.0)
-        if not status or not status.get("ok"):
+        if self.audio is None or not self.audio.alive():
+            return  # its death is handled this turn
+        try:
+            status = self.audio.request({"cmd": "watch"}, timeout=0.2)
+        except TimeoutError:
+            return
+        if not status.get("ok"):
             return
         watch = audio_status_events(status, call.call_id, call.device_reopens_seen,
                                     call.errors, call.audio_started)

@@ -125,8 +125,29 @@ class AudioEngine(Commands, spec=protocol.AUDIO_COMMANDS):
         self.shutdown_requested = True
         return protocol.ok()
 
-    def cmd_status(self, request: Request) -> Reply:
+    def cmd_watch(self, request: Request) -> Reply:
+        """What the controller reads about ten times a second during a call: the part of
+        ``status`` a call's clients see (meters, xruns, stream losses, a recording error).
+        ``status`` is the whole picture and costs several times more to build."""
+        device = self.device.status()
+        return protocol.ok(
+            state="running" if self.device.running else "stopped",
+            reopens=device.get("reopens", []),
+            last_device_error=device.get("last_device_error"),
+            levels=self._levels(), xruns=self._xruns(),
+            recording_error=self._recorder.error if self._recorder else None)
+
+    def _levels(self) -> dict[str, float | None]:
+        peak_in, peak_out = self.callback.levels()
+        return {"in_dbfs": _round(dbfs(peak_in)), "out_dbfs": _round(dbfs(peak_out))}
+
+    def _xruns(self) -> dict[str, int]:
         cb = self.callback
+        return {"device": cb.device_xruns, "gap_periods": cb.gap_periods,
+                "playback_underruns": self.playback.underruns,
+                "capture_overruns": self.capture.overruns}
+
+    def cmd_status(self, request: Request) -> Reply:
         return protocol.ok(
             state="running" if self.device.running else "stopped",
             device=self.device.name,
@@ -138,10 +159,7 @@ class AudioEngine(Commands, spec=protocol.AUDIO_COMMANDS):
             input_latency_ms=round(self.device.input_latency * 1000, 2),
             rings={"playback": self.playback.name, "capture": self.capture.name},
             playback_queued=self.playback.available(),
-            levels={"in_dbfs": _round(dbfs(cb.peak_in)), "out_dbfs": _round(dbfs(cb.peak_out))},
-            xruns={"device": cb.device_xruns, "gap_periods": cb.gap_periods,
-                   "playback_underruns": self.playback.underruns,
-                   "capture_overruns": self.capture.overruns},
+            levels=self._levels(), xruns=self._xruns(),
             recording=str(self.recording) if self.recording else None,
             recording_error=self._recorder.error if self._recorder else None,
             last_hangup=self.last_hangup,

@@ -11,13 +11,14 @@ rings' rate (16 kHz; the backend resamples around it). It
   raw ``mic`` and the ``out`` it just wrote to ``echo.feed`` (``EchoFeed``;
   ``engine.echo.EchoThread``), whose thread writes the cancelled microphone
   to the capture ring instead,
-* feeds the recorder and the level meters, and counts device status flags.
+* feeds the recorder, keeps the buffers for the level meters (read by the
+  control thread: ``levels``), and counts device status flags.
 
 Contract (python-sounddevice style): ``process`` runs on the audio thread. It
 takes no lock, never blocks, and allocates nothing beyond numpy scalars. The
 control thread talks to it only through ``request_flush``/``request_hangup``
 (plain attribute stores, atomic under the GIL) and reads its published
-fields (``first_silent_at``, levels, counters).
+fields (``first_silent_at``, counters) and ``levels``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ class EchoFeed(Protocol):
 def dbfs(peak: float) -> float:
     """Peak int16 magnitude as dBFS (−inf for silence)."""
     return 20 * math.log10(peak / 32768.0) if peak > 0 else -math.inf
+
+
+def _peak(samples: np.ndarray) -> int:
+    return max(int(samples.max(initial=0)), -int(samples.min(initial=0)))
 
 
 class DuplexCallback:
@@ -83,8 +88,8 @@ class DuplexCallback:
         self.device_xruns = 0
         self.gap_periods = 0
         """Periods the device stood for lost time (``DEVICE_GAP``): silence both ways."""
-        self.peak_in = 0
-        self.peak_out = 0
+        self._last_mic: np.ndarray = np.zeros(0, np.int16)
+        self._last_out: np.ndarray = np.zeros(0, np.int16)
 
     # -- control thread ---------------------------------------------------------
 
@@ -99,6 +104,13 @@ class DuplexCallback:
     def request_hangup(self) -> None:
         """From the next period: fade, then only silence, ring flushed every period."""
         self._hangup = True
+
+    def levels(self) -> tuple[int, int]:
+        """Peak magnitudes (int16) of the microphone and the speaker in the buffers the
+        last period used, read now. The audio thread may be refilling those buffers
+        meanwhile, so a reading can mix that period with the next: fine for a meter, and it
+        keeps four reductions a period off the audio thread."""
+        return _peak(self._last_mic), _peak(self._last_out)
 
     def rearm(self) -> None:
         """Before a new call (stream stopped): clear hangup state and counters."""
@@ -151,8 +163,7 @@ class DuplexCallback:
         recorder = self.recorder
         if recorder is not None:
             recorder.feed(mic, out)
-        self.peak_in = max(int(mic.max(initial=0)), -int(mic.min(initial=0)))
-        self.peak_out = max(int(out.max(initial=0)), -int(out.min(initial=0)))
+        self._last_mic, self._last_out = mic, out
 
     def _fade_out(self, out: np.ndarray) -> bool:
         """A hangup period: the next frames of the fade over what the ring holds, then zeros.

@@ -101,6 +101,9 @@ def command_table(**commands: dict[str, Field]) -> dict[str, dict[str, Field]]:
 AUDIO_COMMANDS = command_table(
     # {"cmd": "status"} -> {"ok": true, "state": "stopped"|"running", ...}
     cmd_status={},
+    # {"cmd": "watch"} -> {"ok": true, "state": ..., "levels": {...}, "xruns": {...},
+    #                       "reopens": [...], "last_device_error": ..., "recording_error": ...}
+    cmd_watch={},
     # {"cmd": "start", "record": "/path.wav"|null} -> {"ok": true, "started_at": t}
     cmd_start={"record": Field(_OPT_STR)},
     # {"cmd": "flush"} -> {"ok": true, "dropped_frames": n}   (barge-in)

@@ -129,6 +129,27 @@ def test_cmd_flush_drops_queued_playback_and_keeps_streaming(audio: AudioProcess
         play.close()
 
 
+def test_cmd_watch_has_the_meters_and_what_a_call_must_know(audio: AudioProcess) -> None:
+    watch = audio.request({"cmd": "watch"})
+    assert watch["ok"] and watch["state"] == "stopped"
+    assert watch["levels"] == {"in_dbfs": None, "out_dbfs": None}, "nothing ran yet"
+    assert audio.request({"cmd": "start"})["ok"]
+    play = AudioRing.attach(audio.ring_prefix + "-play")
+    try:
+        play.write(tone(1.0))
+        time.sleep(0.2)
+        watch = audio.request({"cmd": "watch"})
+        assert watch["state"] == "running" and watch["reopens"] == []
+        assert watch["levels"]["out_dbfs"] is not None and watch["levels"]["out_dbfs"] > -20
+        assert set(watch["xruns"]) == {"device", "gap_periods", "playback_underruns",
+                                       "capture_overruns"}
+        assert watch["recording_error"] is None and watch["last_device_error"] is None
+        assert audio.request({"cmd": "hangup"})["ok"]
+        assert audio.request({"cmd": "watch"})["state"] == "stopped"
+    finally:
+        play.close()
+
+
 def test_recording_is_stereo_and_sample_aligned(tmp_path: Path) -> None:
     """The virtual echo path feeds the speaker back into the mic exactly one
     period later, so an aligned recording has left[n] == right[n - PERIOD]."""
