@@ -2,7 +2,8 @@
 
 Per call, for every system alike:
 
-0. One warm-up call per system, not counted (``warm_up``).
+0. One call per system heard whole, not counted (``hear_greeting``): a warm-up,
+   and the moments where the greeting pauses by itself.
 1. Wait until the observer has heard at least ``QUIET_S`` (0.5 s) of silence,
    so no call overlaps the next.
 2. Ask for a call; the observer's first sound after the request is the call
@@ -14,7 +15,9 @@ Per call, for every system alike:
 4. From the recording: the last sound before the first 0.4 s gap
    (``testing.measure.ending``), the click figure, and whether the agent
    was speaking in the 10 ms before the hangup. An event that fell into a
-   pause is redone, never counted.
+   pause is redone, never counted: no speech in the 10 ms before it, or the
+   greeting pausing by itself (``PAUSE_S`` or more) from 10 ms before it to
+   ``NATURAL_END_S`` after it, where the voice stops with no system acting.
 
 Every figure is in milliseconds unless its name says otherwise.
 """
@@ -26,8 +29,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench.systems import HangupStamps, System
-from testing.measure import ObserverRecording, ending, speaking_at, wait_quiet
+from testing.measure import (
+    BEFORE_S,
+    GAP_S,
+    SOUND_DBFS,
+    ObserverRecording,
+    amplitude,
+    ending,
+    speaking_at,
+    wait_quiet,
+)
 
 QUIET_S = 0.5
 """Silence heard before each call starts, seconds."""
@@ -35,6 +49,14 @@ SPEECH_WAIT_S = 1.0
 """How long past its offset a hangup may wait for the agent to be heard speaking, seconds."""
 MAX_REDOS = 5
 """Tries per offset before the offset is given up (and reported as such)."""
+PAUSE_S = 0.02
+"""The shortest pause of the greeting's own that counts (seconds under -60 dBFS): a system
+that hangs up just before it finds nothing left to silence, and the recording's last sound
+is the voice's own."""
+NATURAL_END_S = 0.025
+"""A hangup or barge-in this soon (seconds) before the greeting pauses by itself is redone:
+the voice would stop there whatever the system did (sooner than callctl's 25 ms p99 bound),
+and its own ending would be measured as the system's."""
 REDO_SHIFT_S = 0.13
 """A redone event moves by this much each try, later then earlier, further each time
 (+0.13, −0.13, +0.26, −0.26 s): the greeting is the same every call, so the same moment
@@ -71,6 +93,9 @@ class Results:
     bargein_silence: list[float] = field(default_factory=list)
     bargein_click_db: list[float] = field(default_factory=list)
     redone_in_pause: int = 0
+    """Events redone: no speech in the 10 ms before them, or the greeting's own pause."""
+    greeting_pauses_s: list[float] = field(default_factory=list)
+    """Where the greeting paused by itself, seconds after its first sound (``hear_greeting``)."""
     given_up: int = 0
     cpu_percent: float | None = None
     cpu_seconds: float | None = None
@@ -113,20 +138,37 @@ def _quiet(system: System, rec: ObserverRecording) -> None:
         raise RuntimeError(f"{system.label}: the speaker never went quiet between calls")
 
 
-def warm_up(system: System) -> None:
-    """One call, not counted, before a system's first measured one: every system's first
-    call pays for things a user pays once (connections, caches, the first stream)."""
+def hear_greeting(system: System, seconds: float) -> list[float]:
+    """One call, not counted, heard for ``seconds`` after its first sound: a warm-up (every
+    system's first call pays for things a user pays once: connections, caches, the first
+    stream), and where the greeting pauses by itself. Returns the start of each pause of
+    ``PAUSE_S`` or more (its last sound before the gap), seconds after the first sound."""
     rec = ObserverRecording(system.observer)
     _quiet(system, rec)
     asked = system.start_call()
-    _first_sound(system, asked)
+    first = _first_sound(system, asked)
+    until = first + seconds + GAP_S
+    time.sleep(max(0.0, until + 0.05 - time.monotonic()))
     system.hangup()
+    samples, times = rec.window(first, until)
+    loud = times[np.abs(samples.astype(np.int32)) > amplitude(SOUND_DBFS)]
+    if loud.size < 2:
+        return []
+    gaps = np.flatnonzero(np.diff(loud) >= PAUSE_S)
+    return [round(float(loud[i]) - first, 4) for i in gaps]
+
+
+def pauses_by_itself(pauses: list[float], at: float) -> bool:
+    """Whether the greeting pauses by itself from 10 ms before ``at`` (seconds after the
+    first sound) to ``NATURAL_END_S`` after it."""
+    return any(-BEFORE_S <= p - at <= NATURAL_END_S for p in pauses)
 
 
 def hangups(system: System, moments: list[float], out: Results) -> None:
-    """One call per moment: hang up that long after the first sound heard."""
+    """One call per moment: hang up that long after the first sound heard. The first call,
+    heard whole and not counted, finds the greeting's own pauses (``hear_greeting``)."""
     rec = ObserverRecording(system.observer)
-    warm_up(system)
+    out.greeting_pauses_s = hear_greeting(system, max(moments) + 1.0)
     for offset in moments:
         for attempt in range(MAX_REDOS):
             _quiet(system, rec)
@@ -135,7 +177,7 @@ def hangups(system: System, moments: list[float], out: Results) -> None:
             _wait_speaking(system, rec, first + offset + redo_shift(attempt))
             stamps = _hang_up(system, out)
             end = ending(rec, stamps.sent)
-            if not end.speaking:
+            if not end.speaking or pauses_by_itself(out.greeting_pauses_s, stamps.sent - first):
                 out.redone_in_pause += 1
                 continue
             out.start.append(round((first - asked) * 1000, 2))
@@ -155,7 +197,8 @@ def hangups(system: System, moments: list[float], out: Results) -> None:
 
 
 def bargeins(system: System, moments: list[float], out: Results) -> None:
-    """One call per moment: the agent is interrupted that long after the first sound heard."""
+    """One call per moment: the agent is interrupted that long after the first sound heard.
+    Run after ``hangups``, whose greeting pauses (``out.greeting_pauses_s``) it uses."""
     rec = ObserverRecording(system.observer)
     for offset in moments:
         for attempt in range(MAX_REDOS):
@@ -165,7 +208,7 @@ def bargeins(system: System, moments: list[float], out: Results) -> None:
             t_int = system.interrupt(first + offset + redo_shift(attempt))
             end = ending(rec, t_int)
             _hang_up(system, out)
-            if not end.speaking:
+            if not end.speaking or pauses_by_itself(out.greeting_pauses_s, t_int - first):
                 out.redone_in_pause += 1
                 continue
             assert end.silence_ms is not None

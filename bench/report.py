@@ -166,8 +166,11 @@ def markdown(summary: dict[str, Any], plot_names: list[str]) -> str:
     lines += [""]
     for system, label in SYSTEMS:
         r = s[system]
+        pauses = ", ".join(f"{p:.2f}" for p in r.get("greeting_pauses_s") or []) or "none"
         lines.append(f"* {label}: {r['redone_in_pause']} events redone because the observer "
-                     f"heard no speech in the 10 ms before them; {r['given_up']} offsets given "
+                     "heard no speech in the 10 ms before them or the greeting paused by itself "
+                     f"right after them (its pauses, s after its first sound: {pauses}); "
+                     f"{r['given_up']} offsets given "
                      f"up after {summary['max_redos']} tries; CPU measured over "
                      f"{r.get('cpu_seconds') or 0:.0f} s.")
     lines += [
@@ -222,8 +225,10 @@ def markdown(summary: dict[str, Any], plot_names: list[str]) -> str:
         "talk to the same local agent server program (`callctl agent-server`); Pipecat, which "
         "has no client for that service, pushes the same greeting, rendered by the same "
         "espeak-ng voice, as output audio frames.",
-        "* **One call at a time** (`bench/procedure.py`), after one warm-up call per system "
-        "that is not counted. Before each call the observer must "
+        "* **One call at a time** (`bench/procedure.py`), after one call per system that is "
+        "not counted, heard whole: a warm-up, and where the greeting pauses by itself "
+        f"({summary.get('pause_ms', 20):g} ms or more under −60 dBFS). Before each call the "
+        "observer must "
         "have heard 0.5 s of silence. The call start figure is the request → the first "
         "sample above −60 dBFS the observer hears.",
         f"* **Hangups** ({summary['hangups']} per system) happen at the same offsets after "
@@ -232,8 +237,10 @@ def markdown(summary: dict[str, Any], plot_names: list[str]) -> str:
         "each offset the driver waits (at most 1 s) until the observer hears speech. callctl "
         "hangs up with the `hangup` request, the SDK with `end_session()`, Pipecat with "
         f"`PipelineTask.cancel()`. An event whose 10 ms before it peak below "
-        f"{summary.get('speech_dbfs', -40.0):g} dBFS fell into a pause: it is redone, never "
-        "counted, at most "
+        f"{summary.get('speech_dbfs', -40.0):g} dBFS fell into a pause, and so did one "
+        "from 10 ms before the greeting's own pause to "
+        f"{summary.get('natural_end_ms', 25):g} ms after it (the voice stops there with no "
+        "system acting): it is redone, never counted, at most "
         f"{summary['max_redos']} tries per offset, each moved by "
         f"{summary.get('redo_shift_s', 0.13):g} s more, later then earlier. (The click "
         "figure needs that level: the last millisecond before silence is above −60 dBFS by "

@@ -268,6 +268,7 @@ class AudioEngine(Commands, spec=protocol.AUDIO_COMMANDS):
             "stopped_ms": round((stopped - received) * 1000, 2),
             "was_running": was_running,
             "cut_by": cut_by,
+            "fade": getattr(self.device, "fade_info", None) if cut_by == "device" else None,
             "recording": str(self.recording) if self.recording else None,
         }
         return protocol.ok(**self.last_hangup)

@@ -91,3 +91,69 @@ def tail_for(before_peak: float, fade_peak: float, frames: int) -> tuple[int, fl
     audible = TAIL_AUDIBLE_SECONDS * SAMPLE_RATE
     needed = int(np.ceil(audible * np.pi / np.arccos(2.0 * QUIET / start - 1.0)))
     return min(max(usual, needed), frames // 2), float(20.0 * np.log10(start / fade_peak))
+
+
+ENDING_BOUND_DB = -21.0
+"""How far under what was heard the last audible millisecond of a fade must be (dB): the
+-20 dB click bound, and 1 dB to spare."""
+MS = SAMPLE_RATE // 1000
+"""Frames in a millisecond."""
+
+
+def last_ms_peak(ending: np.ndarray) -> float:
+    """Peak magnitude of the millisecond up to the last sample above ``QUIET`` in
+    ``ending`` (0 when none is): what a listener hears last before the silence."""
+    loud = np.flatnonzero(np.abs(ending) > QUIET)
+    if loud.size == 0:
+        return 0.0
+    end = int(loud[-1]) + 1
+    return float(np.abs(ending[max(0, end - MS) : end]).max())
+
+
+FADE_STEP = 8
+"""Frames (0.5 ms) between the fade lengths ``fade_lengths`` offers."""
+
+
+def fade_lengths(frames: int) -> list[int]:
+    """Fade lengths to try, in order of preference, around ``frames``: itself, then
+    longer and shorter by ``FADE_STEP`` in turn (up to 4 steps longer, 2 shorter), then
+    shorter still, down to two tails: for a voice that ends by itself, steeply, right
+    after the hangup, only a fade that ends before it does can end quietly."""
+    shortest = 2 * round(TAIL_SECONDS * SAMPLE_RATE)
+    steps = [0, 1, -1, 2, -2, 3, 4]
+    steps += list(range(-3, -(frames - shortest) // FADE_STEP - 1, -1))
+    return [frames + k * FADE_STEP for k in steps if frames + k * FADE_STEP >= shortest]
+
+
+def fade_for(voice: np.ndarray, before: np.ndarray, heard_peak: float,
+             lengths: list[int]) -> tuple[np.ndarray, int, float]:
+    """The fade over ``voice`` whose last audible millisecond is quietest, among fades of
+    the given ``lengths`` (frames, in order of preference; each at most ``len(voice)``).
+
+    Why choose: a voice's own level can fall 30 dB between two pitch pulses within a
+    millisecond. When the fade's quiet tail lands in such a valley it is silent, and
+    the last audible millisecond is the body's steep end: a step a listener hears as a
+    click. So each length is tried in turn (``fade_curve`` with ``tail_for``'s tail),
+    the faded samples are computed exactly as they will play, after ``before`` (what
+    plays right before them), and the first whose last audible millisecond is
+    ``ENDING_BOUND_DB`` under ``heard_peak`` (what the listener heard before the
+    hangup) is taken; if none is, the one that comes closest.
+
+    Returns ``(gains, tail_frames, tail_db)``: float64 gains, one per frame of the
+    chosen length, the last one 0.0.
+    """
+    bound = heard_peak * 10.0 ** (ENDING_BOUND_DB / 20.0)
+    prefix = np.asarray(before[-MS:], np.float64)
+    samples = np.asarray(voice, np.float64)
+    best: tuple[float, np.ndarray, int, float] | None = None
+    for n in lengths:
+        fade_peak = float(np.abs(samples[:n]).max(initial=0.0))
+        tail_frames, tail_db = tail_for(heard_peak, fade_peak, n)
+        gains = fade_curve(n, tail_frames, tail_db).astype(np.float64)
+        last = last_ms_peak(np.concatenate([prefix, np.rint(samples[:n] * gains)]))
+        if last <= bound:
+            return gains, tail_frames, tail_db
+        if best is None or last < best[0]:
+            best = (last, gains, tail_frames, tail_db)
+    assert best is not None, "no fade length given"
+    return best[1], best[2], best[3]

@@ -73,7 +73,7 @@ import numpy as np
 
 from callctl.engine.bridge import DEVICE_GAP, PeriodHandler
 from callctl.engine.devices import DeviceError
-from callctl.engine.fade import fade_curve, tail_for
+from callctl.engine.fade import fade_for, fade_lengths
 from callctl.engine.ring import SAMPLE_RATE
 from callctl.engine.threads import name_os_thread
 
@@ -1107,50 +1107,88 @@ class PulseDevice:
         write surely lands (``RENDER_MARGIN`` s, or twice the round trip the reading
         took when the server is slow), the write starts with the blocks the sink may
         take by then as they were, unfaded, and the fade after them: played or
-        skipped, the waveform stays continuous.
+        skipped, the waveform stays continuous. Choosing the fade's length
+        (``engine.fade.fade_for``: 3 to 8 ms, from the samples it fades) counts in
+        that time.
         """
         t = self._timing()
-        rate = self.rate
         queued = max(0, (t.write_index - t.read_index) // 2)
         q = min(queued, HISTORY_FRAMES - 1, self._written)
         start = self._written - q
-        hold = 0
         due = t.sink_s - (time.monotonic() - t.at)  # until the sink takes its next block
         lands = max(RENDER_MARGIN, 2 * t.rtt)  # until the write surely reaches the server
-        if due < lands:
-            block = max(16, round(max(t.sink_config_s, t.sink_s) * rate))
-            blocks = 1 + int((lands - max(0.0, due)) * rate / block)
-            hold = max(0, min(blocks * block, q - MIN_FADE_FRAMES))
-        n = min(self.fade_frames, q - hold)
-        total = max(q, hold + n + self.period_frames) if stop else q
-        if total > len(self._fade_buf):
-            self._fade_buf = np.zeros(total, np.int16)
-        buf = self._fade_buf[:total]
-        idx = (start + np.arange(hold + n)) % HISTORY_FRAMES
-        buf[: hold + n] = self._history[idx]
-        # What the listener heard in the 10 ms before the request: the samples the sink
-        # played just before what it holds now. When the faded samples are louder, the
-        # tail is set by that (``tail_for``).
-        sink_frames = round(t.sink_s * rate)
-        heard = (start - sink_frames - rate // 100 + np.arange(rate // 100)) % HISTORY_FRAMES
-        before_peak = float(np.abs(self._history[heard].astype(np.int32)).max())
-        fade_peak = float(np.abs(buf[hold : hold + n].astype(np.int32)).max(initial=0))
-        tail_frames, tail_db = tail_for(before_peak, fade_peak, n)
-        # A shorter fade (the server held less) is a whole curve of its own, not the
-        # tail of the long one: that would start below 1, a step in the waveform.
-        gains = fade_curve(n, tail_frames, tail_db).astype(np.float64)
-        buf[hold : hold + n] = np.rint(buf[hold : hold + n] * gains).astype(np.int16)
-        buf[hold + n :] = 0
+        hold = self._hold(t, q, due, lands)
+        planned = time.monotonic()
+        buf, n, tail_frames, tail_db = self._faded_queue(t, q, start, hold, stop)
+        if hold == 0:
+            # Choosing the fade took time too: when the write would now land after the
+            # sink's next block, plan again (which takes as long), holding what the sink
+            # may take by the time this write lands.
+            left = t.sink_s - (time.monotonic() - t.at)
+            if left < lands:
+                hold = self._hold(t, q, left, lands + time.monotonic() - planned)
+                buf, n, tail_frames, tail_db = self._faded_queue(t, q, start, hold, stop)
+        total = len(buf)
         if total:
             self._written = start
             self._write(buf, offset=t.read_index, seek=PA_SEEK_ABSOLUTE)
             self._pa.pa_mainloop_iterate(self._ml, 0, None)  # it leaves now
-        self.cut_at = t.at + t.sink_s + (hold + n) / rate
+        sent = time.monotonic()
+        self.cut_at = t.at + t.sink_s + (hold + n) / self.rate
         self.fade_info = {"sink_ms": round(t.sink_s * 1000, 2), "queued_frames": queued,
+                          "due_ms": round(due * 1000, 2),
+                          "sent_after_ms": round((sent - t.at) * 1000, 2),
                           "hold_frames": hold, "fade_frames": n, "written_frames": total,
                           "tail_frames": tail_frames, "tail_db": round(tail_db, 1),
                           "rtt_ms": round(t.rtt * 1000, 2)}
         return self.cut_at
+
+    def _hold(self, t: _Timing, q: int, due: float, lands: float) -> int:
+        """Frames at the read index to write back as they were, unfaded: the blocks the
+        sink may take in the ``lands`` s before the write reaches the server, when its
+        next block is ``due`` s away; 0 when it is due later than that."""
+        if due >= lands:
+            return 0
+        block = max(16, round(max(t.sink_config_s, t.sink_s) * self.rate))
+        blocks = 1 + int((lands - max(0.0, due)) * self.rate / block)
+        return max(0, min(blocks * block, q - MIN_FADE_FRAMES))
+
+    def _faded_queue(self, t: _Timing, q: int, start: int, hold: int,
+                     stop: bool) -> tuple[np.ndarray, int, int, float]:
+        """What to write at the read index: ``hold`` frames as they were, the fade
+        (``engine.fade.fade_for``) of what follows, then silence (see ``_fade``).
+        Returns the buffer (a view of ``_fade_buf``), the fade's length in frames and
+        its tail (frames, dB)."""
+        lengths = [f for f in fade_lengths(self.fade_frames) if f <= q - hold] or [q - hold]
+        idx = (start + np.arange(hold + max(lengths))) % HISTORY_FRAMES
+        ahead = self._history[idx]  # what the queue holds, from the read index
+        # What the listener heard just before the request: the samples the sink played
+        # before what it holds now, 10 ms of them (the quieter of two windows 2 ms apart:
+        # the request came a millisecond or more after the listener's moment).
+        sink_frames = round(t.sink_s * self.rate)
+        heard_peak = min(self._peak_before(start - sink_frames - shift) for shift in (0, 32))
+        if hold >= MIN_FADE_FRAMES:
+            before = ahead[hold - MIN_FADE_FRAMES : hold]
+        else:
+            before = self._history[(start - MIN_FADE_FRAMES + np.arange(MIN_FADE_FRAMES))
+                                   % HISTORY_FRAMES]
+        # A shorter fade (the server held less) is a whole curve of its own, not the
+        # tail of the long one: that would start below 1, a step in the waveform.
+        gains, tail_frames, tail_db = fade_for(ahead[hold:], before, heard_peak, lengths)
+        n = len(gains)
+        total = max(q, hold + n + self.period_frames) if stop else q
+        if total > len(self._fade_buf):
+            self._fade_buf = np.zeros(total, np.int16)
+        buf = self._fade_buf[:total]
+        buf[:hold] = ahead[:hold]
+        buf[hold : hold + n] = np.rint(ahead[hold : hold + n] * gains).astype(np.int16)
+        buf[hold + n :] = 0
+        return buf, n, tail_frames, tail_db
+
+    def _peak_before(self, end: int) -> float:
+        """Peak magnitude of the 10 ms written before frame ``end`` (a ``_written`` count)."""
+        window = (end - self.rate // 100 + np.arange(self.rate // 100)) % HISTORY_FRAMES
+        return float(np.abs(self._history[window].astype(np.int32)).max())
 
     def _recover(self, last_ok: float, error: str) -> None:
         """The connection failed: reopen it (retrying), then account for the gap."""

@@ -6,7 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from callctl.engine.fade import QUIET, TAIL_DB, TAIL_SECONDS, fade_curve, tail_for
+from callctl.engine.fade import (
+    QUIET,
+    TAIL_DB,
+    TAIL_SECONDS,
+    fade_curve,
+    fade_for,
+    fade_lengths,
+    tail_for,
+)
 
 RATE = 16_000
 
@@ -76,3 +84,42 @@ def test_a_quiet_voice_ends_in_an_audible_tail_20_db_under_what_was_heard() -> N
     adapted = during * fade_curve(96, frames, tail_db).astype(np.float64)
     assert click_db(before, plain) > -20, "the usual tail is not enough: the test can fail"
     assert click_db(before, adapted) <= -20, click_db(before, adapted)
+
+
+def pitch_pulses(frames: int, period: int = 96, decay: float = 10.0) -> np.ndarray:
+    """A voiced sound as a synthetic voice makes it: a burst every ``period`` frames (6 ms,
+    a 167 Hz voice) that decays to nearly nothing before the next (``decay`` frames)."""
+    t = np.arange(frames)
+    return np.round(8000 * np.exp(-(t % period) / decay) * np.sin(2 * np.pi * 700 * t / RATE))
+
+
+def ending_db(before: np.ndarray, faded: np.ndarray) -> float:
+    return click_db(before, np.concatenate([before[-16:], faded]))
+
+
+def test_a_fade_whose_tail_would_fall_between_two_pitch_pulses_is_made_to_end_on_one() -> None:
+    voice = pitch_pulses(2000)
+    usual, chosen = [], []
+    for at in range(400, 496, 4):  # every phase of the pulses, 0.25 ms apart
+        before, ahead = voice[at - 160 : at], voice[at : at + 400]
+        heard = float(np.abs(before).max())
+        tail = tail_for(heard, float(np.abs(ahead[:96]).max()), 96)
+        usual.append(ending_db(before, np.rint(ahead[:96] * fade_curve(96, *tail))))
+        gains, _, _ = fade_for(ahead, before, heard, fade_lengths(96))
+        assert gains[-1] == 0.0 and 48 <= len(gains) <= 128
+        chosen.append(ending_db(before, np.rint(ahead[: len(gains)] * gains)))
+    assert max(usual) > -20, "some phase ends in a valley: the test can fail"
+    assert max(chosen) <= -20, chosen
+
+
+def test_a_voice_that_ends_by_itself_inside_the_fade_is_faded_before_its_end() -> None:
+    t = np.arange(400)
+    voice = np.round(6000 * np.sin(2 * np.pi * 220 * t / RATE))
+    voice[200 + 52 :] = 0  # the voice stops, steeply, 52 frames after the read index
+    before, ahead = voice[40:200], voice[200:]
+    heard = float(np.abs(before).max())
+    tail = tail_for(heard, float(np.abs(ahead[:96]).max()), 96)
+    assert ending_db(before, np.rint(ahead[:96] * fade_curve(96, *tail))) > -20
+    gains, _, _ = fade_for(ahead, before, heard, fade_lengths(96))
+    assert len(gains) < 96, "shorter: its end is quiet by the time the voice stops"
+    assert ending_db(before, np.rint(ahead[: len(gains)] * gains)) <= -20
