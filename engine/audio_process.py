@@ -37,14 +37,24 @@ from callctl.engine.echo import EchoCanceller, EchoThread, EchoUnavailable, Inli
 from callctl.engine.recorder import CallRecorder
 from callctl.engine.ring import SAMPLE_RATE, AudioRing
 from callctl.engine.serving import Commands, CommandServer, Reply, Request
+from callctl.engine.threads import ask_realtime
 
 PLAYBACK_CAPACITY = 1 << 17
 """Playback ring, frames: 8.2 s at 16 kHz. The agent streams faster than real
 time; what does not fit waits in the agent process."""
 CAPTURE_CAPACITY = 1 << 15
 """Capture ring, frames: 2 s at 16 kHz of slack for the agent's input thread."""
-SERVE_TURN = 0.1
-"""Seconds the control loop waits for a request before looking at ``stop`` again."""
+SERVE_TURN = 1.0
+"""Seconds the control loop waits for a request before looking at ``stop`` again. A request
+wakes it at once; each idle turn is a wake-up that costs CPU during a call (about 100 µs
+on the test rig, ``python -m bench.audio_floor``), so it is long."""
+
+CONTROL_RT_PRIORITY = 5
+"""``SCHED_RR`` priority of the audio process's threads but the audio thread (which asks
+for more, ``engine.devices.pulse.RT_PRIORITY``), when the system allows it."""
+GIL_SWITCH_S = 0.001
+"""``sys.setswitchinterval`` in the audio process (Python's default is 5 ms): the longest
+a running thread keeps the GIL from the audio thread."""
 
 PULSE_FADE_MS = 6.0
 """The native PulseAudio backend's hangup fade: it fades what the server is playing, so
@@ -113,6 +123,8 @@ class AudioEngine(Commands, spec=protocol.AUDIO_COMMANDS):
         self._finalising: list[threading.Thread] = []
         self.started_at: float | None = None
         self.last_hangup: dict[str, Any] | None = None
+        self.scheduling = "normal"
+        """The control thread's scheduling (``engine.threads.ask_realtime``), for status."""
         self.shutdown_requested = False
 
     failures = {DeviceError: protocol.AUDIO, OSError: protocol.AUDIO}
@@ -162,7 +174,7 @@ class AudioEngine(Commands, spec=protocol.AUDIO_COMMANDS):
             levels=self._levels(), xruns=self._xruns(),
             recording=str(self.recording) if self.recording else None,
             recording_error=self._recorder.error if self._recorder else None,
-            last_hangup=self.last_hangup,
+            last_hangup=self.last_hangup, scheduling=self.scheduling,
             aec=self.echo.stats() if self.echo else {"enabled": False, "error": self.aec_error},
         )
 
@@ -434,6 +446,13 @@ def main(argv: list[str] | None = None) -> int:
         print("audio process: --fade-ms must be between 0 and 50", file=sys.stderr)
         return 2
     lifeline.die_with_parent()
+    # Every thread of this process that may hold the GIL runs at real-time priority
+    # (threads started from here on inherit it; the device's own audio thread asks for
+    # more): the audio thread needs the GIL each period, and a normal thread preempted
+    # by the machine's load while holding it would make the audio thread wait that long.
+    # The switch interval bounds how long a running holder keeps it.
+    scheduling = ask_realtime(CONTROL_RT_PRIORITY)
+    sys.setswitchinterval(GIL_SWITCH_S)
     prefix = args.rings or f"callctl-audio-{lifeline.os.getpid()}"
     play_name, cap_name = ring_names(prefix)
     ctx = zmq.Context()
@@ -450,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
             engine = AudioEngine(device, playback, capture, fade_seconds=fade_s,
                                  aec=not args.no_aec,
                                  noise_suppression=not args.no_noise_suppression)
+            engine.scheduling = scheduling
             try:
                 serve(engine, socket, args.control)
             finally:

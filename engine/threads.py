@@ -1,4 +1,4 @@
-"""OS-visible names for the audio process's threads.
+"""OS-visible names for the audio process's threads, and their scheduling.
 
 Python names its threads for itself only: ``top -H``, ``ps -L`` and
 ``/proc/PID/task/TID/comm`` show every thread as ``python``. A thread that calls
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 import threading
 
@@ -27,3 +28,14 @@ def name_os_thread() -> None:
         libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def ask_realtime(priority: int) -> str:
+    """Ask for ``SCHED_RR`` at ``priority`` (1-99) for the calling thread; threads it starts
+    afterwards inherit it. Returns ``"SCHED_RR/<priority>"``, or ``"normal (<why>)"`` when
+    refused (no privilege: root, or an ``RLIMIT_RTPRIO`` that allows it). Never raises."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(priority))
+        return f"SCHED_RR/{priority}"
+    except (PermissionError, OSError, AttributeError) as exc:
+        return f"normal ({exc.__class__.__name__})"

@@ -75,7 +75,7 @@ from callctl.engine.bridge import DEVICE_GAP, PeriodHandler
 from callctl.engine.devices import DeviceError
 from callctl.engine.fade import fade_for, fade_lengths
 from callctl.engine.ring import SAMPLE_RATE
-from callctl.engine.threads import name_os_thread
+from callctl.engine.threads import ask_realtime, name_os_thread
 
 PA_SAMPLE_S16LE = 3
 PA_ERR_TIMEOUT = 8
@@ -484,6 +484,9 @@ class PulseDevice:
         self.late_max = 0.0
         """Seconds: the latest a period's write left after its microphone was due, this
         call (wake-up, handler and write; what the queue's slack must cover)."""
+        self.gap_max = 0.0
+        """Seconds: the longest time between two periods' wake-ups this call (the period
+        when all is well; longer when the server's microphone data came late)."""
         self.realtime: str | None = None
         """The audio thread's scheduling: "SCHED_RR/10", or why it stayed normal."""
         self._failed: deque[float] = deque(maxlen=MAX_FAILED_REOPENS)
@@ -530,7 +533,7 @@ class PulseDevice:
             raise DeviceError("the PulseAudio device is closed")
         self.lost = False
         self._failed.clear()
-        self.late_max = 0.0
+        self.late_max = self.gap_max = 0.0
         self._session += 1
         self._active = True
         self._kick()
@@ -588,7 +591,8 @@ class PulseDevice:
                 "device_refills": self.refills, "realtime": self.realtime,
                 "queue_ms": round(self.prime_frames * 1000 / self.rate, 1),
                 "write_latency_ms": round(self.write_latency * 1000, 2),
-                "late_max_ms": round(self.late_max * 1000, 2)}
+                "late_max_ms": round(self.late_max * 1000, 2),
+                "wake_gap_max_ms": round(self.gap_max * 1000, 2)}
 
     def _kick(self) -> None:
         """Wake the audio thread (it re-reads every request)."""
@@ -979,6 +983,8 @@ class PulseDevice:
             if self._underflowed:
                 self._refill()
             self._due = (now if due is None else due) + period_s - WAKE_CREEP
+            if now - self._last_ok > self.gap_max:
+                self.gap_max = now - self._last_ok
             self._last_ok = now
 
     def _overrun(self, fill: int, n: int) -> tuple[int, int]:
@@ -994,11 +1000,7 @@ class PulseDevice:
     def _realtime(self) -> None:
         """Ask for ``SCHED_RR`` for this thread: the period's work then preempts whatever
         else the machine runs. Refused (no privilege) means normal scheduling."""
-        try:
-            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(RT_PRIORITY))
-            self.realtime = f"SCHED_RR/{RT_PRIORITY}"
-        except (PermissionError, OSError, AttributeError) as exc:
-            self.realtime = f"normal ({exc.__class__.__name__})"
+        self.realtime = ask_realtime(RT_PRIORITY)
 
     def _refill(self) -> None:
         """The server said the playback queue ran dry (the thread or the server was
