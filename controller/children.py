@@ -6,7 +6,8 @@ is spawned, so a call that ends sooner than that after the standby was taken,
 followed at once by another, would find the next standby still importing. The
 spare is an agent process spawned earlier; taking the standby moves the spare
 up (``take_standby``), and a new spare is begun when the owner says
-(``begin_spare``), so no import runs on the cores while a call starts.
+(``begin_spare``): the controller does between calls, so that no import (a
+core for most of a second) runs while a call is hung up.
 
 ``KeptChildren`` spawns them (from the controller's loop thread, which
 ``engine.child`` ties their lives to), replaces one that dies (at most
@@ -166,8 +167,8 @@ class KeptChildren:
 
     def begin_spare(self) -> None:
         """Begin a spare if none is kept (nor given up on) and the standby is ready, so
-        that during a call at most one agent process imports at a time. (The controller
-        begins the first spare with the first standby, before any call.)"""
+        that at most one agent process imports at a time. (The controller begins the
+        first spare with the first standby, before any call.)"""
         if (self.spare.current is None and self.spare.gave_up is None
                 and self.standby.ready_child is not None):
             self.spare.begin()

@@ -11,7 +11,7 @@ Children (spawned from this thread through ``engine.child``, which ties their
 lives to it): the audio process (warm across calls), a standby agent process
 (imports done and, once ready, ``prepare``d for the default agent: its session
 built before the call) and its spare (imports done; the next standby, begun
-when no call is starting), the call's agent process, and the local agent server
+between calls), the call's agent process, and the local agent server
 when the agent is ``local`` (started with the controller, so the standby can
 be prepared for the first call). The audio process, the standby, the spare and
 the local agent server are kept by ``controller.children``: one that dies is replaced
@@ -517,7 +517,8 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
                 kept.poke()
         if self.standby is not None and self.standby.alive():
             self._prepare_standby()
-        if self.config.standby and self.state != CallState.STARTING and not self._stopping:
+        if (self.config.standby and self.state in (CallState.IDLE, CallState.FAILED)
+                and not self._stopping):
             self.kept.begin_spare()
 
     def _supervise(self) -> None:

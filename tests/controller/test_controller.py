@@ -271,15 +271,15 @@ def test_a_call_right_after_a_short_call_finds_its_agent_process_ready(serve: An
         ended(served)
         status = served.request({"cmd": "status"})
         assert status["state"] == "idle" and status["standby_ready"], status["pids"]
-        wait_status(served, lambda s: s["spare_ready"])  # the next spare, begun meanwhile
+        wait_status(served, lambda s: s["spare_ready"])  # the next spare, begun once idle
 
 
 def test_controller_sigkill_leaves_no_process_and_no_segment(serve: Any) -> None:
     served = serve(speech_at=[30.0])
-    in_call(served)
-    status = wait_status(served, lambda s: s["pids"]["spare"])  # begun once in the call
+    wait_status(served, lambda s: s["spare_ready"])
+    status = in_call(served)
     pids = [p for p in status["pids"].values() if p]
-    assert len(pids) == 5  # audio, agent, standby, spare, agent server
+    assert len(pids) == 4  # audio, agent, standby (the spare moved up), agent server
     rings = status["audio"]["rings"]
     os.kill(served.proc.pid, signal.SIGKILL)
     served.proc.wait(5)
