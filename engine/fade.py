@@ -120,6 +120,8 @@ def fade_lengths(frames: int) -> list[int]:
     shorter still, down to two tails: for a voice that ends by itself, steeply, right
     after the hangup, only a fade that ends before it does can end quietly."""
     shortest = 2 * round(TAIL_SECONDS * SAMPLE_RATE)
+    if frames < shortest:  # a fade asked to be this short (``--fade-ms``) stays so
+        return [max(1, frames)]
     steps = [0, 1, -1, 2, -2, 3, 4]
     steps += list(range(-3, -(frames - shortest) // FADE_STEP - 1, -1))
     return [frames + k * FADE_STEP for k in steps if frames + k * FADE_STEP >= shortest]

@@ -123,3 +123,9 @@ def test_a_voice_that_ends_by_itself_inside_the_fade_is_faded_before_its_end() -
     gains, _, _ = fade_for(ahead, before, heard, fade_lengths(96))
     assert len(gains) < 96, "shorter: its end is quiet by the time the voice stops"
     assert ending_db(before, np.rint(ahead[: len(gains)] * gains)) <= -20
+
+
+def test_fade_lengths_start_with_the_one_asked_and_keep_a_short_one_short() -> None:
+    lengths = fade_lengths(96)
+    assert lengths[:3] == [96, 104, 88] and min(lengths) == 48 and max(lengths) == 128
+    assert fade_lengths(16) == [16], "a fade asked to be this short is not lengthened"
