@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("redone_in_pause", "given_up", "agent_killed", "cpu_percent",
                      "cpu_seconds", "crashed_on_hangup", "hangups_sent"):
             systems[key][name] = r.get(name, 0 if name != "cpu_percent" else None)
+        systems[key]["greeting_pauses_s"] = r.get("greeting_pauses_s", [])
     stall_sdk = frozen.get("sdk", [])
     summary: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(began)),
