@@ -1120,16 +1120,19 @@ class PulseDevice:
         due = t.sink_s - (time.monotonic() - t.at)  # until the sink takes its next block
         lands = max(RENDER_MARGIN, 2 * t.rtt)  # until the write surely reaches the server
         hold = self._hold(t, q, due, lands)
-        planned = time.monotonic()
-        buf, n, tail_frames, tail_db = self._faded_queue(t, q, start, hold, stop)
-        if hold == 0:
+        for _ in range(3):
+            planned = time.monotonic()
+            buf, n, tail_frames, tail_db = self._faded_queue(t, q, start, hold, stop)
             # Choosing the fade took time too: when the write would now land after the
-            # sink's next block, plan again (which takes as long), holding what the sink
-            # may take by the time this write lands.
-            left = t.sink_s - (time.monotonic() - t.at)
-            if left < lands:
-                hold = self._hold(t, q, left, lands + time.monotonic() - planned)
-                buf, n, tail_frames, tail_db = self._faded_queue(t, q, start, hold, stop)
+            # sink takes the first sample it fades, plan again (which takes as long),
+            # holding what the sink may take by the time this write lands.
+            left = t.sink_s + hold / self.rate - (time.monotonic() - t.at)
+            if left >= lands or hold >= q - MIN_FADE_FRAMES:
+                break
+            spent = time.monotonic() - planned
+            hold = max(hold + 1, self._hold(t, q, t.sink_s - (time.monotonic() - t.at),
+                                            lands + spent))
+            hold = min(hold, q - MIN_FADE_FRAMES)
         total = len(buf)
         if total:
             self._written = start
