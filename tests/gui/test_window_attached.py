@@ -25,7 +25,7 @@ def clone_env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ, CALLCTL_CONFIG=str(tmp_path / "no-config.toml"),
                ELEVENLABS_API_KEY="sk_gui_attached_test")
     env.pop("ELEVENLABS_BASE_URL", None)
-    env[MIN_SPEECH_ENV] = "1.0"
+    env[MIN_SPEECH_ENV] = "0.5"  # the test hangs up once the caller is transcribed: 0.8-1 s
     return env
 
 
