@@ -65,6 +65,7 @@ from callctl.engine.agent_child import AgentProcess, AgentServerProcess
 from callctl.engine.audio_child import AudioProcess, sweep_stale_segments
 from callctl.engine.credentials import load_credentials
 from callctl.engine.serving import Commands, CommandServer, Reply, Request
+from callctl.engine.threads import freeze_heap
 
 CONNECT_TIMEOUT = 15.0
 LEVELS_INTERVAL = 0.1
@@ -182,6 +183,7 @@ class Controller(Commands, spec=protocol.PUBLIC_COMMANDS):
         """
         try:
             sweep_stale_segments()  # a dead controller's, SIGKILLed with its children
+            freeze_heap()
             self.audio = self.kept.start_audio()
             if on_ready is not None:
                 on_ready()

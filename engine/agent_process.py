@@ -44,6 +44,7 @@ from callctl.engine.credentials import ConfigError, Credentials, load_credential
 from callctl.engine.ring import AudioRing
 from callctl.engine.ring_audio import RingAudioInterface
 from callctl.engine.serving import Commands, CommandServer, Reply, Request
+from callctl.engine.threads import freeze_heap
 
 EXPECTED_FORMAT = "pcm_16000"
 HTTP_TIMEOUT = 10.0
@@ -513,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
             push.setsockopt(zmq.LINGER, 500)  # let the last events (agent.ended) out
             push.setsockopt(zmq.SNDHWM, 1000)
             push.connect(args.events)
+        freeze_heap()
         return serve(control, args.control, credentials, EventPusher(push, credentials.api_key))
     finally:
         control.close(0)

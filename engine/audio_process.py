@@ -37,7 +37,7 @@ from callctl.engine.echo import EchoCanceller, EchoThread, EchoUnavailable, Inli
 from callctl.engine.recorder import CallRecorder
 from callctl.engine.ring import SAMPLE_RATE, AudioRing
 from callctl.engine.serving import Commands, CommandServer, Reply, Request
-from callctl.engine.threads import ask_realtime
+from callctl.engine.threads import ask_realtime, freeze_heap
 
 PLAYBACK_CAPACITY = 1 << 17
 """Playback ring, frames: 8.2 s at 16 kHz. The agent streams faster than real
@@ -470,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
                                  aec=not args.no_aec,
                                  noise_suppression=not args.no_noise_suppression)
             engine.scheduling = scheduling
+            freeze_heap()
             try:
                 serve(engine, socket, args.control)
             finally:

@@ -65,6 +65,9 @@ class TimedObserver(StartStop):
     as those four are (the reader or callback thread appends while tests query).
     """
 
+    rate: int
+    """Samples per second of the recording."""
+
     def _span(self, t_start: float, t_end: float | None) -> tuple[int, npt.NDArray[np.int16]]:
         """(index of the first sample, samples) of a superset of the samples timed in
         ``[t_start, t_end)`` (``t_end`` None: to the end)."""
@@ -109,6 +112,16 @@ class TimedObserver(StartStop):
     def segment(self, t_start: float, t_end: float) -> npt.NDArray[np.int16]:
         """The samples whose estimated times lie in ``[t_start, t_end)`` (s)."""
         return self.window(t_start, t_end)[0]
+
+    def whole(self, t_start: float, t_end: float) -> bool:
+        """Whether the recording of ``[t_start, t_end)`` (s) is whole: as many samples are
+        timed there as the span lasts, to one sample. Fewer means the recording lost
+        samples there (its timeline jumps by what was lost), more that it repeated some:
+        either way the recording path did it (the sink's monitor, the server, the
+        observer), not the player, which cannot change how many samples the sink
+        renders in a span of time."""
+        expected = (t_end - t_start) * self.rate
+        return abs(self.segment(t_start, t_end).size - expected) <= 1
 
     def _loud_times(
         self, t0: float, threshold_dbfs: float, until: float | None

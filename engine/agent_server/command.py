@@ -19,6 +19,7 @@ import logging
 import signal
 import sys
 
+from ..threads import freeze_heap
 from .conversation import SessionConfig
 from .faults import Fault
 from .script import ScriptError, load_script
@@ -178,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         voice_add_delay_s=args.voice_add_delay,
     )
     server = AgentServer(script, config, voice)
+    freeze_heap()  # the voice and the script live as long as the server
     try:
         asyncio.run(_serve(server))
     except OSError as exc:

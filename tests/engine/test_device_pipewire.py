@@ -28,6 +28,7 @@ from testing.pipewire import PipeWireServer
 from testing.sounds import RATE, tone
 
 SOUND = 33  # |x| above this is sound (-60 dBFS)
+WHOLE_TRIES = 3  # plays of the tone until the observer records one whole
 
 
 @pytest.fixture(scope="module")
@@ -54,15 +55,23 @@ def test_a_tone_written_to_the_playback_ring_is_heard_at_the_speaker(
         assert status["backend"] == "pulse" and status["device_rate"] == RATE, status
         assert proc.request({"cmd": "start"})["ok"]
         ring = AudioRing.attach(proc.ring_prefix + "-play")
+        sound = tone(0.5)
         try:
-            sound = tone(0.5)
-            written = time.monotonic()
-            ring.write(sound)
-            assert observer.wait_until(written + 0.8, timeout=5)
+            for _ in range(WHOLE_TRIES):
+                written = time.monotonic()
+                ring.write(sound)
+                assert observer.wait_until(written + 0.8, timeout=5)
+                first = observer.first_sound_after(written)
+                assert first is not None, "the tone reached the speaker"
+                if observer.whole(first, first + 0.5):
+                    break
+                # The recording lost samples (a CI run saw 22 missing, with a splice):
+                # what the speaker played is unknown there, so play the tone again.
+                print(f"\nthe observer's recording of {first:.3f}+0.5 s is not whole; again")
+            else:
+                pytest.fail(f"the observer's recording was not whole in {WHOLE_TRIES} tries")
         finally:
             ring.close()
-        first = observer.first_sound_after(written)
-        assert first is not None, "the tone reached the speaker"
         heard = observer.segment(first, first + 0.5)
         loud = np.flatnonzero(np.abs(heard.astype(np.int32)) > SOUND)
         # int16 -> PipeWire's float32 -> int16 is exact: same peak, same steps.
