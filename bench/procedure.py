@@ -15,8 +15,10 @@ Per call, for every system alike:
 4. From the recording: the last sound before the first 0.4 s gap
    (``testing.measure.ending``), the click figure, and whether the agent
    was speaking in the 10 ms before the hangup. An event that fell into a
-   pause is redone, never counted: no speech in the 10 ms before it, or the
-   greeting pausing by itself (``PAUSE_S`` or more) from 10 ms before it to
+   pause is redone, never counted: no speech in the 10 ms before it, no sound
+   at all after it (silence 0 ms: the voice had stopped already, where the
+   warm-up heard no pause or heard it a little earlier), or the greeting
+   pausing by itself (``PAUSE_S`` or more) from 10 ms before it to
    ``NATURAL_END_S`` after it, where the voice stops with no system acting.
 
 Every figure is in milliseconds unless its name says otherwise.
@@ -36,6 +38,7 @@ from testing.measure import (
     BEFORE_S,
     GAP_S,
     SOUND_DBFS,
+    Ending,
     ObserverRecording,
     amplitude,
     ending,
@@ -164,6 +167,12 @@ def pauses_by_itself(pauses: list[float], at: float) -> bool:
     return any(-BEFORE_S <= p - at <= NATURAL_END_S for p in pauses)
 
 
+def fell_into_pause(end: Ending, pauses: list[float], at: float) -> bool:
+    """Whether an event ``at`` s after the first sound, which ended as ``end``, fell into a
+    pause of the voice (step 4 of the procedure) and is redone."""
+    return not end.speaking or end.silence_ms == 0 or pauses_by_itself(pauses, at)
+
+
 def hangups(system: System, moments: list[float], out: Results) -> None:
     """One call per moment: hang up that long after the first sound heard. The first call,
     heard whole and not counted, finds the greeting's own pauses (``hear_greeting``)."""
@@ -177,7 +186,7 @@ def hangups(system: System, moments: list[float], out: Results) -> None:
             _wait_speaking(system, rec, first + offset + redo_shift(attempt))
             stamps = _hang_up(system, out)
             end = ending(rec, stamps.sent)
-            if not end.speaking or pauses_by_itself(out.greeting_pauses_s, stamps.sent - first):
+            if fell_into_pause(end, out.greeting_pauses_s, stamps.sent - first):
                 out.redone_in_pause += 1
                 continue
             out.start.append(round((first - asked) * 1000, 2))
@@ -208,7 +217,7 @@ def bargeins(system: System, moments: list[float], out: Results) -> None:
             t_int = system.interrupt(first + offset + redo_shift(attempt))
             end = ending(rec, t_int)
             _hang_up(system, out)
-            if not end.speaking or pauses_by_itself(out.greeting_pauses_s, t_int - first):
+            if fell_into_pause(end, out.greeting_pauses_s, t_int - first):
                 out.redone_in_pause += 1
                 continue
             assert end.silence_ms is not None

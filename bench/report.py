@@ -168,7 +168,8 @@ def markdown(summary: dict[str, Any], plot_names: list[str]) -> str:
         r = s[system]
         pauses = ", ".join(f"{p:.2f}" for p in r.get("greeting_pauses_s") or []) or "none"
         lines.append(f"* {label}: {r['redone_in_pause']} events redone because the observer "
-                     "heard no speech in the 10 ms before them or the greeting paused by itself "
+                     "heard no speech in the 10 ms before them, or no sound at all after them, or "
+                     "the greeting paused by itself "
                      f"right after them (its pauses, s after its first sound: {pauses}); "
                      f"{r['given_up']} offsets given "
                      f"up after {summary['max_redos']} tries; CPU measured over "
@@ -238,6 +239,7 @@ def markdown(summary: dict[str, Any], plot_names: list[str]) -> str:
         "hangs up with the `hangup` request, the SDK with `end_session()`, Pipecat with "
         f"`PipelineTask.cancel()`. An event whose 10 ms before it peak below "
         f"{summary.get('speech_dbfs', -40.0):g} dBFS fell into a pause, and so did one "
+        "followed by no sound at all (0 ms to silence), and one "
         "from 10 ms before the greeting's own pause to "
         f"{summary.get('natural_end_ms', 25):g} ms after it (the voice stops there with no "
         "system acting): it is redone, never counted, at most "
