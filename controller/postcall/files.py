@@ -31,7 +31,7 @@ SUMMARY = "summary.json"
 FAILED_NOTE = "postcall-failed.txt"
 """Why the post-call work could not run or did not finish, one line; `callctl calls`
 shows it. Its space is reserved when the call starts (``reserve_failure_note``:
-``NOTE_BYTES`` of NULs), so the note can be written on a disk that filled up
+``NOTE_BYTES`` allocated), so the note can be written on a disk that filled up
 during the call; the post-call work removes it when it has finished."""
 NOTE_BYTES = 512
 SUMMARY_VERSION = 1
@@ -65,17 +65,21 @@ def make_call_folder(folder: Path) -> None:
 
 
 def reserve_failure_note(folder: Path) -> int | None:
-    """At the call's start: ``FAILED_NOTE`` filled with NULs, its blocks taken now, and
-    the folder claimed (``claim_call_folder``) before anything is written. Returns the
-    claim's descriptor (the caller owns it), None if another process holds it. Raises
-    ``OSError`` (a full disk, a folder not ours): the call cannot start."""
+    """At the call's start: ``FAILED_NOTE``'s ``NOTE_BYTES`` of blocks taken now (they read
+    as NULs), and the folder claimed (``claim_call_folder``) before anything is written.
+    Returns the claim's descriptor (the caller owns it), None if another process holds
+    it. Raises ``OSError`` (a full disk, a folder not ours): the call cannot start.
+
+    ``posix_fallocate`` takes the blocks without writing them out: this runs on the
+    controller's loop at every call start, before the call's audio and agent start, where
+    the ``fsync`` it replaces (a written file takes its blocks only when written out)
+    waited for the disk."""
     fd = claim_call_folder(folder)
     if fd is None:
         return None
     try:
         os.ftruncate(fd, 0)
-        os.write(fd, b"\0" * NOTE_BYTES)
-        os.fsync(fd)
+        os.posix_fallocate(fd, 0, NOTE_BYTES)
     except OSError:
         os.close(fd)
         raise
