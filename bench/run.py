@@ -72,22 +72,25 @@ def _systems(only: set[str], log: Any, work: Path) -> dict[str, Callable[..., Sy
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer calls, a short long call")
+    p.add_argument("--quick", action="store_true",
+                   help="a check, not figures: 4 hangups, 2 barge-ins, 1 cold start, 3 s of "
+                        "CPU and a 5 s long call (under 3 minutes)")
     p.add_argument("--only", default="callctl,sdk,pipecat",
                    help="comma-separated systems to measure (default all three)")
     p.add_argument("--long-s", type=float, default=None,
-                   help="length of callctl's long call under load, s (default 600, quick 15)")
+                   help="length of callctl's long call under load, s (default 600, quick 5)")
     args = p.parse_args(argv)
     quick = args.quick
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = only - {"callctl", "sdk", "pipecat"}
     if unknown:
         p.error(f"unknown system(s) {sorted(unknown)}; choose from callctl, sdk, pipecat")
-    n_hang = 5 if quick else 30
-    n_barge = 3 if quick else 15
+    n_hang = 4 if quick else 30
+    n_barge = 2 if quick else 15
     n_stall = 1 if quick else 3
-    cpu_s = 5.0 if quick else 30.0
-    long_s = args.long_s if args.long_s is not None else (15.0 if quick else 600.0)
+    n_cold = 1 if quick else max(3, n_hang // 5)
+    cpu_s = 3.0 if quick else 30.0
+    long_s = args.long_s if args.long_s is not None else (5.0 if quick else 600.0)
     RESULTS.mkdir(parents=True, exist_ok=True)
     began = time.time()
     hang_at = procedure.offsets(n_hang, *HANGUP_WINDOW)
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 cold_out = procedure.Results()
                 cold_system = make("--no-standby")
                 try:
-                    procedure.hangups(cold_system, hang_at[: max(3, n_hang // 5)], cold_out)
+                    procedure.hangups(cold_system, hang_at[:n_cold], cold_out)
                 finally:
                     cold_system.close()
                 cold = cold_out.start
