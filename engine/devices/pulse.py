@@ -146,9 +146,8 @@ MIN_FADE_FRAMES = 48
 """The shortest fade that still ends in ``engine.fade``'s quiet tail (two tails long)."""
 DEFER_BELOW_FRAMES = 64
 """A hangup whose fade could not be this long (the queue too short behind what the sink
-may take first) waits for the next period's write (see ``PulseDevice._serve``): in 49
-hangups heard on the sink's monitor (the bench's procedure), the one that clicked (the
-last millisecond -15.4 dB re the voice) had a 48-frame fade, its queue 80 frames deep."""
+may take first) waits for the next period's write (``PulseDevice._defer``): a fade of
+``MIN_FADE_FRAMES`` over an almost empty queue may end loud enough to click."""
 RENDER_MARGIN = 0.0015
 """Seconds: the hangup's write must reach the server at least this long before the sink
 takes its next block (see ``PulseDevice._fade``)."""
