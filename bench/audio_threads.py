@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         system.close()
     total = 0.0
-    print(f"audio process {pid}, {elapsed:.1f} s of a call ({' '.join(serve_args) or 'AEC on'}):")
+    aec = "AEC off" if "--no-aec" in serve_args else "AEC on"
+    print(f"audio process {pid}, {elapsed:.1f} s of a call ({' '.join([aec, *serve_args])}):")
     for tid, (name, cpu) in sorted(after.items()):
         used = cpu - before.get(tid, (name, 0.0))[1]
         total += used

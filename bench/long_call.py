@@ -41,4 +41,8 @@ def long_call(seconds: float) -> dict[str, Any]:
         rig.close()
     return {"seconds": seconds, "busy_processes": len(load.procs), "xruns": audio["xruns"],
             "backend": audio.get("backend"), "device": audio.get("device"),
+            # The device's own account of them (PulseDevice.status): what the xruns were.
+            "device_status": {k: audio.get(k) for k in (
+                "device_underruns", "device_refills", "late_max_ms", "wake_gap_max_ms",
+                "reopens", "period_frames", "queue_ms") if k in audio},
             "audio_cpu_percent": round(cpu, 2), "audio_rss_mb_max": round(max(rss), 1)}

@@ -191,6 +191,17 @@ def markdown(summary: dict[str, Any], plot_names: list[str]) -> str:
             f"{long['audio_cpu_percent']} % of one core, RSS at most "
             f"{long['audio_rss_mb_max']} MB.",
         ]
+        dev = long.get("device_status") or {}
+        if dev:
+            lines += [
+                "",
+                f"The device's own account of that call: the server reported the playback "
+                f"stream dry {dev.get('device_underruns')} times; the latest a period's write "
+                f"left after its microphone was due: {dev.get('late_max_ms')} ms (the queue's "
+                f"slack is {dev.get('queue_ms')} ms less the period); the longest time between "
+                f"two periods: {dev.get('wake_gap_max_ms')} ms; period "
+                f"{dev.get('period_frames')} frames.",
+            ]
     gui = summary.get("gui_stall_ms")
     if gui:
         lines += ["", f"GUI: the longest event-loop stall from the Hang up press to Ready: "

@@ -17,6 +17,8 @@ class ControllerConfig:
     input_device: str | None = None
     output_device: str | None = None
     aec: bool = True
+    period_ms: float | None = None
+    """The audio period (``--period-ms``); None: the backend's default."""
     mic: str | None = None
     speaker: str | None = None
     echo: str | None = None
@@ -41,6 +43,8 @@ class ControllerConfig:
             args += ["--input-device", self.input_device]
         if self.output_device is not None:
             args += ["--output-device", self.output_device]
+        if self.period_ms is not None:
+            args += ["--period-ms", f"{self.period_ms:g}"]
         if not self.aec:
             args += ["--no-aec"]
         if self.mic:

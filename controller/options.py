@@ -27,6 +27,21 @@ def _seconds(text: str) -> float:
     return value
 
 
+PERIOD_MS_RANGE = (5.0, 50.0)
+"""Audio periods ``--period-ms`` accepts, ms."""
+
+
+def _period_ms(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of milliseconds: {text!r}") from None
+    low, high = PERIOD_MS_RANGE
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be {low:g} to {high:g} ms: {text!r}")
+    return value
+
+
 def _echo(text: str) -> str:
     from callctl.engine.audio_process import parse_echo
 
@@ -67,6 +82,11 @@ def add_controller_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-device", metavar="NAME|INDEX",
                         help="speaker, if not the --device one (a PulseAudio sink name with "
                         "pulse)")
+    parser.add_argument("--period-ms", type=_period_ms, metavar="MS",
+                        help="the audio period: how often the audio process wakes to move "
+                        "microphone and speaker audio (default 20 on pulse, 10 elsewhere). "
+                        "Shorter hears the caller sooner and costs more CPU (python -m "
+                        "bench.audio_threads --period-ms MS measures it)")
     parser.add_argument("--no-aec", action="store_true",
                         help="turn off echo cancellation (on by default; off for headsets)")
     parser.add_argument("--clone-voice", metavar="NAME",
@@ -106,7 +126,7 @@ def controller_config(args: argparse.Namespace) -> ControllerConfig:
         curve_dir=keys,
         record_dir=args.record_dir or default_record_dir(),
         device=args.device, input_device=args.input_device, output_device=args.output_device,
-        aec=not args.no_aec, clone_voice=args.clone_voice,
+        aec=not args.no_aec, clone_voice=args.clone_voice, period_ms=args.period_ms,
         mic=args.mic, speaker=args.speaker, echo=args.echo,
         agent=args.agent, base_url=args.base_url, kill_after=args.kill_after,
         agent_server_args=args.agent_server_arg, config_path=args.config, verbose=args.verbose,

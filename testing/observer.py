@@ -47,6 +47,12 @@ class ObserverError(RuntimeError):
     """The playback observer could not start recording."""
 
 
+class NotWhole(Exception):
+    """The observer's recording of a span lost (or repeated) samples: nothing about the
+    player can be judged from it (``TimedObserver.whole``). A test redoes what it
+    measured there, a bounded number of times."""
+
+
 class PulseProtocolServer(Protocol):
     """What an observer needs of a server: the environment that reaches it, the speaker's
     monitor (``testing.pulse.PulseServer``, ``testing.pipewire.PipeWireServer``)."""
@@ -115,13 +121,21 @@ class TimedObserver(StartStop):
 
     def whole(self, t_start: float, t_end: float) -> bool:
         """Whether the recording of ``[t_start, t_end)`` (s) is whole: as many samples are
-        timed there as the span lasts, to one sample. Fewer means the recording lost
+        timed there as the span lasts, to two samples (the time estimates place a span's
+        bounds to about a sample; a lost chunk is tens of samples). Fewer means it lost
         samples there (its timeline jumps by what was lost), more that it repeated some:
         either way the recording path did it (the sink's monitor, the server, the
         observer), not the player, which cannot change how many samples the sink
         renders in a span of time."""
         expected = (t_end - t_start) * self.rate
-        return abs(self.segment(t_start, t_end).size - expected) <= 1
+        return abs(self.segment(t_start, t_end).size - expected) <= 2
+
+    def require_whole(self, t_start: float, t_end: float) -> None:
+        """``NotWhole`` unless the recording of ``[t_start, t_end)`` (s) is whole."""
+        if not self.whole(t_start, t_end):
+            got = self.segment(t_start, t_end).size
+            raise NotWhole(f"the observer recorded {got} samples in {t_start:.3f}..{t_end:.3f} s, "
+                           f"{(t_end - t_start) * self.rate:.0f} played")
 
     def _loud_times(
         self, t0: float, threshold_dbfs: float, until: float | None

@@ -106,13 +106,13 @@ INPUT_OVERFLOW = 2
 """Status flag: microphone was dropped because the thread fell a second behind
 (PortAudio's ``paInputOverflow``)."""
 
-DEFAULT_PERIOD_SECONDS = 0.010
+DEFAULT_PERIOD_SECONDS = 0.020
 """The handler's period (the record stream's fragment), chosen by measurement (see
 ``PulseDevice``)."""
-DEFAULT_QUEUE_SECONDS = 0.020
-"""Playback queued at the server right after each write (the period written included),
-what the sink holds counted: the 10 ms period plus 10 ms of slack for a late wake-up
-(or a late server), which also always leaves a full hangup fade behind what the sink
+QUEUE_SLACK_SECONDS = 0.010
+"""Playback queued at the server right after each write, beyond the period just written
+(what the sink holds counted): the slack a late wake-up (or a late server) has before
+the speaker runs dry; it also always leaves a full hangup fade behind what the sink
 holds (``PulseDevice._fade``)."""
 SINK_LATENCY = 0.005
 """Seconds of latency the playback stream asks of the sink (its own buffer, on top of the
@@ -148,9 +148,13 @@ DEFER_BELOW_FRAMES = 64
 """A hangup whose fade could not be this long (the queue too short behind what the sink
 may take first) waits for the next period's write (``PulseDevice._defer``): a fade of
 ``MIN_FADE_FRAMES`` over an almost empty queue may end loud enough to click."""
-RENDER_MARGIN = 0.0015
+RENDER_MARGIN = 0.003
 """Seconds: the hangup's write must reach the server at least this long before the sink
-takes its next block (see ``PulseDevice._fade``)."""
+takes its next block (see ``PulseDevice._fade``). A write that lands later splices the
+block the sink took unfaded onto the middle of the fade: a step, or a click. With
+1.5 ms, 3 of about 700 hangups and barge-ins did so in repeated runs of
+``tests/engine/test_device_pulse.py`` (20 ms periods; two of those writes had left 1.8
+and 2.0 ms before the sink's next block); with 3 ms, none of 224."""
 HISTORY_FRAMES = 1 << 14
 """Written samples kept for the hangup fade, frames (1 s at 16 kHz); a power of two."""
 CAPTURE_FRAMES = SAMPLE_RATE
@@ -388,17 +392,18 @@ class PulseDevice:
     ``$PULSE_SOURCE``, else the server's).
     ``period_seconds``: the record fragment, the clock of the handler (10 ms: 160 frames).
     ``queue_seconds``: playback queued at the server right after each write, the period
-    just written included (default ``DEFAULT_QUEUE_SECONDS``); ``prime_periods``, the
-    older way to say it, means ``(prime_periods + 1) * period``.
+    just written included (default: the period plus ``QUEUE_SLACK_SECONDS``);
+    ``prime_periods``, the older way to say it, means ``(prime_periods + 1) * period``.
     ``fade_seconds``: the hangup and barge-in fade at the device.
 
-    The defaults were chosen by measurement on the test rig (2 cores, private
-    PulseAudio, echo cancellation on; see issue 13): a 10 ms period costs less
-    than a 5 ms one (5.6 % of a core against 6.8 %: the wake-ups and the
-    per-period Python work halve, the server's packets and the echo canceller do
-    not), and a 20 ms queue keeps the output latency (first sample) near 13 ms,
-    leaves a late wake-up 10 ms of slack, and always holds enough audio for a full
-    hangup fade behind what the sink holds.
+    The default period was chosen by measurement on the test rig (2 cores, private
+    PulseAudio, echo cancellation on): each period costs a wake-up and a fixed
+    amount of Python and libpulse work whatever its length, so the audio process's
+    CPU during a call falls as the period grows (``python -m bench.audio_threads
+    --period-ms MS``; the figures are in the README). 20 ms halves the wake-ups of
+    10 ms; the queue is the period plus the same 10 ms of slack, so a period's
+    first sample still plays about as soon after its write (``output_latency``),
+    and what the caller says reaches the agent at most a period later.
     ``status()["realtime"]`` says whether the audio thread got ``SCHED_RR``.
     """
 
@@ -427,7 +432,7 @@ class PulseDevice:
         if queue_seconds is None and prime_periods is not None:
             queue_seconds = (max(1, prime_periods) + 1) * self.period_frames / self.rate
         if queue_seconds is None:
-            queue_seconds = DEFAULT_QUEUE_SECONDS
+            queue_seconds = self.period_frames / self.rate + QUEUE_SLACK_SECONDS
         self.prime_frames = max(self.period_frames + 16, round(queue_seconds * self.rate))
         """Frames queued at the server right after each write (the period written included)."""
         self.fade_frames = max(1, round(fade_seconds * self.rate))

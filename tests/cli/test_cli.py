@@ -39,6 +39,8 @@ def test_bad_usage_is_exit_2(tmp_path: Path) -> None:
         ["call", "--kill-after", "-1"],
         ["call", "--hangup-after", "soon"],
         ["call", "--echo", "loud"],
+        ["call", "--period-ms", "2"],
+        ["serve", "--period-ms", "fast"],
     ]
     for args in cases:
         out = callctl(*args)

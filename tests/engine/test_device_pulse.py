@@ -27,7 +27,7 @@ from callctl.engine.devices.pulse import DEFAULT_PERIOD_SECONDS
 from callctl.engine.ring import AudioRing
 from testing.audio_rig import click_db, start_audio_process
 from testing.measure import largest_step
-from testing.observer import PlaybackObserver
+from testing.observer import NotWhole, PlaybackObserver
 from testing.pulse import PulseServer
 from testing.sounds import RATE, tone
 
@@ -54,20 +54,38 @@ def test_status_names_the_backend_and_the_server_latency(tmp_path: Path,
         assert status["device_underruns"] == 0 and status["realtime"], status
     finally:
         proc.stop()
+    # --period-ms sets the period; the queue is the period and the same slack.
+    proc = spawn(tmp_path, pulse, "--no-aec", "--period-ms", "10")
+    try:
+        status = proc.request({"cmd": "status"})
+        assert status["period_frames"] == RATE // 100, status
+        assert status["queue_ms"] == 10 + 1000 * pulse_device.QUEUE_SLACK_SECONDS, status
+    finally:
+        proc.stop()
 
 
-def heard_ending(observer: PlaybackObserver, sent: float, within: float) -> tuple[float, float]:
+WHOLE_REDOS = 3
+"""Hangups or flushes a test may redo because the observer's recording of one was not
+whole (``testing.observer.NotWhole``); more fails the test."""
+
+
+def heard_ending(observer: PlaybackObserver, sent: float, within: float,
+                 engine: Any = None) -> tuple[float, float]:
     """The tone's end at the speaker after a hangup or flush sent at ``sent`` (s), heard
     for ``within`` s: checks that it played up to ``sent`` and ended without a step
-    larger than its own. Returns the last sound's time (s) and the click figure (dB)."""
+    larger than its own. Returns the last sound's time (s) and the click figure (dB).
+    ``NotWhole`` when the observer's recording of it lost samples (it cannot be
+    judged); ``engine`` (the engine's own account) goes into a failure's message."""
     assert observer.wait_until(sent + within, timeout=5)
     last = observer.last_sound_after(sent - 0.05, until=sent + within)
     assert last is not None and last > sent - 0.005, "it played up to the request"
+    observer.require_whole(sent - 0.2, last + 0.01)
     played = observer.segment(sent - 0.2, sent)
     around = observer.segment(sent - 0.03, last + 0.01)
     # The fade continues the waveform: no step larger than the tone's own.
-    assert largest_step(around) <= largest_step(played) * 1.02 + 2, (
-        largest_step(around), largest_step(played))
+    step, own = largest_step(around), largest_step(played)
+    assert step <= own * 1.02 + 2, (f"a step of {step} against the tone's {own}, silent "
+                                    f"{(last - sent) * 1000:.1f} ms after; engine: {engine}")
     return last, click_db(observer, sent, last)
 
 
@@ -78,21 +96,30 @@ def hangups_heard(request: Callable[[dict[str, Any]], dict[str, Any]], ring: Aud
     at the speaker that each fades without a step and that nothing plays after it.
     Returns the silence times (s), the click figures (dB) and the ``fade`` replies."""
     silences, clicks, fades = [], [], []
-    for k in range(n):
+    redos = 0
+    for k in range(n + WHOLE_REDOS):
+        if len(silences) == n:
+            break
         assert request({"cmd": "start"})["ok"]
         ring.write(tone(2.0, freq=440.0 + 7 * k))
         time.sleep(0.35 + 0.0037 * k)  # hangups land at every phase of the period
         sent = time.monotonic()
         reply = request({"cmd": "hangup"})
         assert reply["ok"] and reply["cut_by"] == "device", reply
-        fades.append(reply["fade"])
         ring.write(tone(0.2))  # written after the hangup: must never play
-        last, click = heard_ending(observer, sent, 0.3)
+        try:
+            last, click = heard_ending(observer, sent, 0.3, reply["fade"])
+        except NotWhole as exc:
+            redos += 1
+            print(f"\nhangup {k} not judged: {exc}")
+            continue
+        fades.append(reply["fade"])
         silences.append(last - sent)
         clicks.append(click)
         assert observer.first_sound_after(last + 0.001, until=sent + 0.3) is None
         # The device's own figure is the observer's, within a few ms.
         assert abs(reply["first_silent_at"] - last) < 0.006, (reply, last)
+    assert len(silences) == n, f"{redos} recordings were not whole"
     return silences, clicks, fades
 
 
@@ -101,15 +128,20 @@ def test_hangups_while_a_tone_plays_fade_at_the_speaker_without_a_step(
     proc = spawn(tmp_path, pulse, "--no-aec")
     ring = AudioRing.attach(proc.ring_prefix + "-play")
     try:
-        silences, clicks, _ = hangups_heard(proc.request, ring, observer, 20)
+        silences, clicks, fades = hangups_heard(proc.request, ring, observer, 20)
     finally:
         ring.close()
         proc.stop()
     ms = np.array(silences) * 1000
     print(f"silence ms: median {np.median(ms):.1f} p100 {ms.max():.1f}; "
           f"click dB: worst {max(clicks):.1f}")
-    assert ms.max() < 40, ms  # generous here; the real bound is in bench
-    assert max(clicks) <= -20, clicks
+    print(f"put off for a short queue: {sum(bool(f.get('deferred')) for f in fades)} of "
+          f"{len(fades)}")
+    slow = [f"{m:.1f} ms: {f}" for m, f in zip(ms, fades, strict=True) if m >= 40]
+    assert not slow, "\n".join(slow)  # generous here; the real bound is in bench
+    clicked = [f"{c:.1f} dB, silent after {s * 1000:.1f} ms: {f}"
+               for c, s, f in zip(clicks, silences, fades, strict=True) if c > -20]
+    assert not clicked, "\n".join(clicked)
 
 
 def test_a_hangup_put_off_for_a_short_queue_fades_after_the_next_write(
@@ -144,6 +176,7 @@ def test_barge_in_fades_at_the_speaker_and_the_call_goes_on(
     proc = spawn(tmp_path, pulse, "--no-aec")
     ring = AudioRing.attach(proc.ring_prefix + "-play")
     silences, clicks, restarts = [], [], []
+    redos = 0
     try:
         assert proc.request({"cmd": "start"})["ok"]
         time.sleep(0.2)
@@ -154,10 +187,17 @@ def test_barge_in_fades_at_the_speaker_and_the_call_goes_on(
             reply = proc.request({"cmd": "flush"})
             assert reply["ok"] and reply["done"] and reply["cut_by"] == "device", reply
             assert reply["dropped_frames"] > RATE // 2, reply  # the ring was flushed too
-            last, click = heard_ending(observer, sent, 0.15)
-            silences.append(last - sent)
-            clicks.append(click)
-            assert abs(reply["silent_at"] - last) < 0.006, (reply, last)
+            try:
+                last, click = heard_ending(observer, sent, 0.15, reply)
+            except NotWhole as exc:
+                redos += 1
+                assert redos <= WHOLE_REDOS, f"{redos} recordings were not whole: {exc}"
+                print(f"\nflush {k} not judged: {exc}")
+                last = observer.last_sound_after(sent - 0.05, until=sent + 0.15) or sent
+            else:
+                silences.append(last - sent)
+                clicks.append(click)
+                assert abs(reply["silent_at"] - last) < 0.006, (reply, last)
             # Nothing from before the flush plays after it; new audio does, at once.
             time.sleep(0.1)
             assert observer.wait_until(sent + 0.1, timeout=5)
