@@ -84,9 +84,9 @@ def add_controller_options(parser: argparse.ArgumentParser) -> None:
                         "pulse)")
     parser.add_argument("--period-ms", type=_period_ms, metavar="MS",
                         help="the audio period: how often the audio process wakes to move "
-                        "microphone and speaker audio (default 20 on pulse, 10 elsewhere). "
-                        "Shorter hears the caller sooner and costs more CPU (python -m "
-                        "bench.audio_threads --period-ms MS measures it)")
+                        "microphone and speaker audio (default 10). "
+                        "Longer costs less CPU and hears the caller later (python -m "
+                        "bench.audio_threads --period-ms MS measures the CPU)")
     parser.add_argument("--no-aec", action="store_true",
                         help="turn off echo cancellation (on by default; off for headsets)")
     parser.add_argument("--clone-voice", metavar="NAME",

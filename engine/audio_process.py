@@ -432,8 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="virtual device: echo path DELAY_MS:GAIN_DB[:LOWPASS_HZ] (the speaker "
                    "back into the mic, delayed at least one period, attenuated, low-passed)")
     p.add_argument("--period-ms", type=float, default=None,
-                   help="device period, ms (default 20 on pulse, 10 elsewhere: 320 and 160 "
-                   "frames at 16 kHz)")
+                   help="device period, ms (default 10: 160 frames at 16 kHz)")
     p.add_argument("--fade-ms", type=float, default=None,
                    help="hangup fade, 0-50 ms (default 6 on pulse, where the device fades "
                    "what it was playing; 10 elsewhere, where the callback fades the ring)")

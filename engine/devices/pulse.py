@@ -106,9 +106,9 @@ INPUT_OVERFLOW = 2
 """Status flag: microphone was dropped because the thread fell a second behind
 (PortAudio's ``paInputOverflow``)."""
 
-DEFAULT_PERIOD_SECONDS = 0.020
-"""The handler's period (the record stream's fragment), chosen by measurement (see
-``PulseDevice``)."""
+DEFAULT_PERIOD_SECONDS = 0.010
+"""The handler's period (the record stream's fragment), a trade between CPU and how soon
+the caller is heard (see ``PulseDevice``)."""
 QUEUE_SLACK_SECONDS = 0.010
 """Playback queued at the server right after each write, beyond the period just written
 (what the sink holds counted): the slack a late wake-up (or a late server) has before
@@ -396,14 +396,15 @@ class PulseDevice:
     ``prime_periods``, the older way to say it, means ``(prime_periods + 1) * period``.
     ``fade_seconds``: the hangup and barge-in fade at the device.
 
-    The default period was chosen by measurement on the test rig (2 cores, private
-    PulseAudio, echo cancellation on): each period costs a wake-up and a fixed
-    amount of Python and libpulse work whatever its length, so the audio process's
-    CPU during a call falls as the period grows (``python -m bench.audio_threads
-    --period-ms MS``; the figures are in the README). 20 ms halves the wake-ups of
-    10 ms; the queue is the period plus the same 10 ms of slack, so a period's
-    first sample still plays about as soon after its write (``output_latency``),
-    and what the caller says reaches the agent at most a period later.
+    The period is a trade measured on the test rig (2 cores, private PulseAudio,
+    echo cancellation on). Each period costs a wake-up and about the same Python
+    and libpulse work whatever its length, so the audio process's CPU during a
+    call falls as the period grows (``python -m bench.audio_threads --period-ms
+    MS``; the figures are in the README). But the caller is heard a period at a
+    time: in a whole ``make bench`` run at 20 ms (commit 8b6bf66) barge-in → voice
+    gone was 23.8 / 69.0 ms (median / p99) against 17.1 / 26.9 at 10 ms, so 10 ms
+    stays the default and 20 ms is ``--period-ms 20``. The queue is the period plus
+    ``QUEUE_SLACK_SECONDS`` at any period.
     ``status()["realtime"]`` says whether the audio thread got ``SCHED_RR``.
     """
 

@@ -17,7 +17,7 @@ def parse(*argv: str) -> argparse.Namespace:
 
 def test_the_audio_period_reaches_the_audio_process_and_bad_ones_are_refused(
         capsys: pytest.CaptureFixture[str]) -> None:
-    assert controller_config(parse("--period-ms", "10")).audio_args() == ["--period-ms", "10"]
+    assert controller_config(parse("--period-ms", "20")).audio_args() == ["--period-ms", "20"]
     assert "--period-ms" not in controller_config(parse()).audio_args()  # the backend's default
     for bad in ("2", "51", "fast"):
         with pytest.raises(SystemExit) as exit_:

@@ -55,11 +55,11 @@ def test_status_names_the_backend_and_the_server_latency(tmp_path: Path,
     finally:
         proc.stop()
     # --period-ms sets the period; the queue is the period and the same slack.
-    proc = spawn(tmp_path, pulse, "--no-aec", "--period-ms", "10")
+    proc = spawn(tmp_path, pulse, "--no-aec", "--period-ms", "20")
     try:
         status = proc.request({"cmd": "status"})
-        assert status["period_frames"] == RATE // 100, status
-        assert status["queue_ms"] == 10 + 1000 * pulse_device.QUEUE_SLACK_SECONDS, status
+        assert status["period_frames"] == RATE // 50, status
+        assert status["queue_ms"] == 20 + 1000 * pulse_device.QUEUE_SLACK_SECONDS, status
     finally:
         proc.stop()
 
