@@ -212,8 +212,9 @@ class AudioEngine(Commands, spec=protocol.AUDIO_COMMANDS):
         first: no ring audio from before the flush is written after the fade.
         Replies with ``dropped_frames`` (from the ring), ``done`` (the callback took
         the request) and, when the device faded, ``silent_at`` (``time.monotonic()``
-        when its fade's last sample plays, as the server reports it) and ``cut_by``
-        ("device" or "callback").
+        when its fade's last sample plays, as the server reports it), ``fade`` (the
+        device's account of it, as in the hangup's reply) and ``cut_by`` ("device" or
+        "callback").
         """
         if not self.device.running:
             return protocol.ok(dropped_frames=self.playback.flush())
@@ -227,7 +228,9 @@ class AudioEngine(Commands, spec=protocol.AUDIO_COMMANDS):
             time.sleep(0.0005)
         return protocol.ok(dropped_frames=self.callback.last_flush_dropped,
                            done=self.callback.flush_done(ticket), silent_at=silent_at,
-                           cut_by="device" if silent_at is not None else "callback")
+                           cut_by="device" if silent_at is not None else "callback",
+                           fade=getattr(self.device, "fade_info", None)
+                           if silent_at is not None else None)
 
     def cmd_hangup(self, request: Request) -> Reply:
         """Silence from the next period (after the fade), ring zeroed, stream stopped.

@@ -22,12 +22,20 @@ PeriodHandler = Callable[[np.ndarray, np.ndarray, int], None]
 """``handler(mic, out, device_status)``: int16 arrays at the device rate, ``out`` to fill.
 
 ``device_status`` is PortAudio's status flags (under/overflow, bits 0-4), or
-``DEVICE_GAP``."""
+``DEVICE_GAP``, or ``FADE_FLUSH``."""
 
 DEVICE_GAP = 0x100
 """Status flag: this period stands for time the device did not run (its stream was lost
 and has been reopened). ``mic`` is silence and ``out`` is discarded, so the handler must
 not consume playback for it; it exists so that recordings stay aligned with wall time."""
+FADE_FLUSH = 0x200
+"""Status flag: a barge-in flush is pending and the device found too little audio queued
+to fade in its own queue (the native backend's ``PulseDevice._defer``). The handler
+writes this period as the agent's next audio faded to zero, not as silence, so what
+the device holds continues into a fade; the device fades the whole queue after this
+write. A device that never sets it keeps the handler's plain flush."""
+NOT_XRUNS = DEVICE_GAP | FADE_FLUSH
+"""Status flags that are not a device's under- or overflow."""
 
 
 class RateBridge:

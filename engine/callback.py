@@ -29,7 +29,7 @@ from typing import Protocol
 
 import numpy as np
 
-from callctl.engine.bridge import DEVICE_GAP
+from callctl.engine.bridge import DEVICE_GAP, FADE_FLUSH, NOT_XRUNS
 from callctl.engine.fade import fade_curve
 from callctl.engine.recorder import CallRecorder
 from callctl.engine.ring import SAMPLE_RATE, AudioRing
@@ -128,10 +128,14 @@ class DuplexCallback:
         gap = device_status & DEVICE_GAP
         if gap:
             self.gap_periods += 1
-        elif device_status:
+        elif device_status & ~NOT_XRUNS:
             self.device_xruns += 1
+        faded = False
         if self._flush_seen != self._flush_requests:
             wanted = self._flush_requests
+            if device_status & FADE_FLUSH and not gap and not self._hangup:
+                self._flush_fade(out)
+                faded = True
             # The count first: the control thread reads it once it sees the request done.
             self.last_flush_dropped = self.playback.flush()
             self._flush_seen = wanted
@@ -152,7 +156,7 @@ class DuplexCallback:
             else:
                 out[:] = 0
                 self.playback.flush()
-        else:
+        elif not faded:
             self.playback.read_into(out)
 
         echo = self.echo
@@ -164,6 +168,19 @@ class DuplexCallback:
         if recorder is not None:
             recorder.feed(mic, out)
         self._last_mic, self._last_out = mic, out
+
+    def _flush_fade(self, out: np.ndarray) -> None:
+        """A barge-in period the device asked to fade (``FADE_FLUSH``): the ring's next
+        audio through the whole fade curve (shortened to the period when the period is
+        shorter), ending at exact zero, then zeros. The caller drops the rest."""
+        curve = self._fade if len(self._fade) <= len(out) else fade_curve(len(out))
+        n = len(curve)
+        if self.playback.read_into(out[:n]):
+            buf = self._fade_buf[:n]
+            np.multiply(out[:n], curve, out=buf)
+            np.rint(buf, out=buf)
+            out[:n] = buf
+        out[n:] = 0
 
     def _fade_out(self, out: np.ndarray) -> bool:
         """A hangup period: the next frames of the fade over what the ring holds, then zeros.

@@ -36,7 +36,9 @@ fade (``engine.fade``) of the samples that were about to play, ending at
 exact zero, then silence: the fade reaches the speaker continuous with what
 played, within a render block of the request (``_fade``). ``fade_stop`` then
 stops calling the handler; after ``fade_flush`` the queue is as deep as
-before and the call goes on.
+before and the call goes on. A fade the server may have applied too late (the
+sink took what it was to change first) is counted and reported, not hidden
+(``_applied_after``).
 
 Stream loss: a failed call, a failed stream or context (server restarted,
 stream killed) or a record stream silent for ``STALL_SECONDS`` makes the
@@ -71,7 +73,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from callctl.engine.bridge import DEVICE_GAP, PeriodHandler
+from callctl.engine.bridge import DEVICE_GAP, FADE_FLUSH, PeriodHandler
 from callctl.engine.devices import DeviceError
 from callctl.engine.fade import fade_for, fade_lengths
 from callctl.engine.ring import SAMPLE_RATE
@@ -145,9 +147,10 @@ data and waits for it in ``poll``: that arrival re-locks the schedule to the ser
 MIN_FADE_FRAMES = 48
 """The shortest fade that still ends in ``engine.fade``'s quiet tail (two tails long)."""
 DEFER_BELOW_FRAMES = 64
-"""A hangup whose fade could not be this long (the queue too short behind what the sink
-may take first) waits for the next period's write (``PulseDevice._defer``): a fade of
-``MIN_FADE_FRAMES`` over an almost empty queue may end loud enough to click."""
+"""A hangup or barge-in whose fade could not be this long (the queue too short behind what
+the sink may take first) waits for the next period's write (``PulseDevice._defer``): a
+fade of ``MIN_FADE_FRAMES`` over an almost empty queue may end loud enough to click, and
+an empty one (a CI run's barge-in found the server's queue run dry) cannot fade at all."""
 RENDER_MARGIN = 0.0015
 """Seconds: the hangup's write must reach the server at least this long before the sink
 takes its next block (see ``PulseDevice._fade``). A write that lands later splices the
@@ -500,6 +503,10 @@ class PulseDevice:
         self.underruns = 0
         """Times the server reported the playback stream ran dry (during calls)."""
         self.refills = 0
+        self.late_fades = 0
+        """Hangup and barge-in fades whose write the server may have applied after the
+        sink took the first sample it changes (``_applied_after``): each may have played
+        as a step."""
         """Periods after which the queue was found nearly dry and topped up with silence."""
         self.late_max = 0.0
         """Seconds: the latest a period's write left after its microphone was due, this
@@ -608,7 +615,8 @@ class PulseDevice:
         reported underruns, the audio thread's scheduling. Any thread."""
         return {"reopens": list(self.reopens), "last_device_error": self.last_error,
                 "lost": self.lost, "device_underruns": self.underruns,
-                "device_refills": self.refills, "realtime": self.realtime,
+                "device_refills": self.refills, "late_fades": self.late_fades,
+                "realtime": self.realtime,
                 "queue_ms": round(self.prime_frames * 1000 / self.rate, 1),
                 "write_latency_ms": round(self.write_latency * 1000, 2),
                 "late_max_ms": round(self.late_max * 1000, 2),
@@ -1091,7 +1099,7 @@ class PulseDevice:
         try:
             if self._active and not self.lost and self._healthy():
                 stop = request.kind == "stop"
-                result = self._fade(stop, may_defer=stop and not request.deferred)
+                result = self._fade(stop, may_defer=not request.deferred)
                 if result is None:
                     answered = False
                     self._defer(request)
@@ -1111,12 +1119,14 @@ class PulseDevice:
 
     def _defer(self, request: _Request) -> None:
         """Serve ``request`` again after the next period's write, or two periods from now
-        at the latest (``_call`` returns then). Only a hangup is put off: the handler,
-        already told to hang up, writes the voice that follows faded to zero
-        (``DuplexCallback``), so the queue then holds voice enough for a whole fade. A
-        barge-in's next period is silence (the handler dropped the voice): waiting would
-        not lengthen the voice queued."""
+        at the latest (``_call`` returns then). The handler writes the voice that
+        follows faded to zero: after a hangup because it was told to hang up, after a
+        barge-in because the next call says ``FADE_FLUSH`` (else it would write
+        silence, and the short queue would end in a step). The queue then holds voice
+        enough for a whole fade."""
         request.deferred = True
+        if request.kind == "flush":
+            self._status |= FADE_FLUSH
         with self._req_lock:
             if self._pending is None:
                 self._pending = request
@@ -1193,13 +1203,35 @@ class PulseDevice:
             self._pa.pa_mainloop_iterate(self._ml, 0, None)  # it leaves now
         sent = time.monotonic()
         self.cut_at = t.at + t.sink_s + (hold + n) / self.rate
+        faded_from = t.at + t.sink_s + hold / self.rate
+        late = total > 0 and self._applied_after(faded_from)
+        if late:
+            self.late_fades += 1
         self.fade_info = {"sink_ms": round(t.sink_s * 1000, 2), "queued_frames": queued,
                           "due_ms": round(due * 1000, 2),
                           "sent_after_ms": round((sent - t.at) * 1000, 2),
                           "hold_frames": hold, "fade_frames": n, "written_frames": total,
                           "tail_frames": tail_frames, "tail_db": round(tail_db, 1),
-                          "rtt_ms": round(t.rtt * 1000, 2)}
+                          "rtt_ms": round(t.rtt * 1000, 2),
+                          "left_before_ms": round((faded_from - sent) * 1000, 2), "late": late}
         return self.cut_at
+
+    def _applied_after(self, faded_from: float) -> bool:
+        """Whether the fade just written may have reached the sink too late: the server
+        answers a timing request only after it has applied every write sent before it,
+        so its answer's time stamp bounds when the fade landed. A stamp after
+        ``faded_from`` (when the sink was due to take the first sample the fade
+        changes, ``time.monotonic()``) means the sink may have taken that sample as it
+        was: the step the fade was written to avoid. The thread or the server was held
+        up (a stalled machine), or the server answered too slowly to tell: either way
+        it is counted (``late_fades``) and reported (``fade_info["late"]``). One more
+        round trip, after the write, so the silence does not wait for it."""
+        try:
+            return self._timing().at > faded_from
+        except PulseError:
+            if not self._healthy():
+                raise
+            return True
 
     def _hold(self, t: _Timing, q: int, due: float, lands: float) -> int:
         """Frames at the read index to write back as they were, unfaded: the blocks the
