@@ -126,6 +126,7 @@ def markdown(summary: dict[str, Any], plot_names: list[str]) -> str:
         _row("Hang up → voice gone at the device", s, "hangup_silence"),
         _row("Click at hangup, dB (median / worst)", s, "hangup_click_db", "dB"),
         _row("Barge-in → voice gone at the device", s, "bargein_silence"),
+        _row("Click at barge-in, dB (median / worst)", s, "bargein_click_db", "dB"),
         _row("Hang up → agent finished, cooperative service", s, "agent_done"),
         _row("Call start → first agent audio at the device", s, "start"),
         f"| CPU of the audio process during a call, % of one core | {cpu_cells} | "
@@ -308,6 +309,7 @@ def readme_block(summary: dict[str, Any]) -> str:
               ("hang up → voice gone at the device", "hangup_silence", "ms"),
               ("click at hangup (median / worst)", "hangup_click_db", "dB"),
               ("barge-in → voice gone", "bargein_silence", "ms"),
+              ("click at barge-in (median / worst)", "bargein_click_db", "dB"),
               ("hang up → agent finished", "agent_done", "ms"),
               ("call start → first agent audio", "start", "ms"))],
         f"| CPU of the audio process, % of a core | {cpu} |",

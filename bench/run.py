@@ -111,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
                 procedure.cpu_during_call(system, cpu_s, out)
             finally:
                 system.close()
+            # A child may also die after it answered a hangup, before the next call; each
+            # death is in its ``crashes`` (bench.systems.child), each came of a hangup.
+            out.crashed_on_hangup = max(out.crashed_on_hangup,
+                                        len(getattr(system, "crashes", [])))
             print(f"  hangup→silence median {statistics.median(out.hangup_silence):.1f} ms, "
                   f"click median {_median(out.hangup_click_db)} dB, cpu {out.cpu_percent} %",
                   flush=True)

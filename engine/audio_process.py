@@ -117,6 +117,8 @@ class AudioEngine(Commands, spec=protocol.AUDIO_COMMANDS):
                 self.aec_error = str(exc)
                 print(f"audio process: no echo cancellation: {exc}", file=sys.stderr)
         self.callback.echo = self.echo
+        if device.cuts_at_device:
+            self.callback.on_agent_flush = cast(FadingDevice, device).fade_flush_soon
         device.set_handler(bridge)
         self.recording: Path | None = None
         self._recorder: CallRecorder | None = None
@@ -175,6 +177,8 @@ class AudioEngine(Commands, spec=protocol.AUDIO_COMMANDS):
             recording=str(self.recording) if self.recording else None,
             recording_error=self._recorder.error if self._recorder else None,
             last_hangup=self.last_hangup, scheduling=self.scheduling,
+            agent_flushes=self.callback.agent_flushes,
+            last_fade=getattr(self.device, "fade_info", None),
             aec=self.echo.stats() if self.echo else {"enabled": False, "error": self.aec_error},
         )
 

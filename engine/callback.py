@@ -4,6 +4,8 @@
 rings' rate (16 kHz; the backend resamples around it). It
 
 * honours a pending barge-in flush or hangup (flags set by the control thread),
+  and the agent's own barge-in (a flush of the playback ring it writes), whose
+  cut-off audio it fades out over ``fade_frames`` rather than stopping it dead,
 * reads the playback ring into ``out`` (speaker) — or, after a hangup, a fade
   of at most ``fade_frames`` and then only zeros, flushing the ring every
   period so nothing the agent writes afterwards can reach the speaker,
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -84,6 +87,12 @@ class DuplexCallback:
         self.silent = False
         self.first_silent_at: float | None = None
         self.last_flush_dropped = 0
+        self.agent_flushes = 0
+        """Flushes the agent asked for (``AudioRing.request_flush``) that this callback faded."""
+        self.on_agent_flush: Callable[[], None] | None = None
+        """Called on the audio thread, in the period that fades an agent's flush: a device
+        that fades what it holds (``PulseDevice.fade_flush_soon``). Set before the
+        stream first starts."""
         self.periods = 0
         self.device_xruns = 0
         self.gap_periods = 0
@@ -134,11 +143,20 @@ class DuplexCallback:
         if self._flush_seen != self._flush_requests:
             wanted = self._flush_requests
             if device_status & FADE_FLUSH and not gap and not self._hangup:
-                self._flush_fade(out)
+                self._flush_fade(out, self.playback.read_into)
                 faded = True
             # The count first: the control thread reads it once it sees the request done.
             self.last_flush_dropped = self.playback.flush()
             self._flush_seen = wanted
+        elif not gap and not self._hangup and self.playback.flush_pending():
+            # The agent's barge-in (its SDK's ``interrupt``, a flush of the ring it
+            # writes): what it cuts off fades out instead of stopping dead, and the device
+            # that can fades what it already holds, right after this period's write.
+            self._flush_fade(out, self.playback.read_flushed_into)
+            faded = True
+            self.agent_flushes += 1
+            if self.on_agent_flush is not None:
+                self.on_agent_flush()
 
         if gap:
             # Nothing played during a device gap: keep the agent's audio for when the
@@ -169,13 +187,14 @@ class DuplexCallback:
             recorder.feed(mic, out)
         self._last_mic, self._last_out = mic, out
 
-    def _flush_fade(self, out: np.ndarray) -> None:
-        """A barge-in period the device asked to fade (``FADE_FLUSH``): the ring's next
-        audio through the whole fade curve (shortened to the period when the period is
-        shorter), ending at exact zero, then zeros. The caller drops the rest."""
+    def _flush_fade(self, out: np.ndarray, read: Callable[[np.ndarray], int]) -> None:
+        """A barge-in period that fades what the barge-in cuts off: the ring's next audio
+        (``read``) through the whole fade curve (shortened to the period when the period
+        is shorter), ending at exact zero, then zeros. The rest is dropped (by ``read``,
+        or by the caller)."""
         curve = self._fade if len(self._fade) <= len(out) else fade_curve(len(out))
         n = len(curve)
-        if self.playback.read_into(out[:n]):
+        if read(out[:n]):
             buf = self._fade_buf[:n]
             np.multiply(out[:n], curve, out=buf)
             np.rint(buf, out=buf)

@@ -229,6 +229,35 @@ class AudioRing:
         header[_R] = mark
         return n
 
+    def flush_pending(self) -> bool:
+        """Consumer side: whether the producer asked for a flush the consumer has not yet
+        honoured (``request_flush``; the next read will drop)."""
+        header = self._header
+        return bool(header[_FSEQ] != header[_FDONE])
+
+    def read_flushed_into(self, out: np.ndarray) -> int:
+        """Consumer side, with a flush pending (``flush_pending``): fill ``out`` with the
+        oldest of the frames the flush drops (zero-padded), then honour the flush: the
+        rest of them are dropped, frames written after it stay. Returns how many frames
+        were real audio. For a consumer that fades what a barge-in cuts off instead of
+        stopping it dead (``DuplexCallback``). Never blocks, never allocates."""
+        header = self._header
+        seq = header[_FSEQ]
+        n = 0
+        if seq != header[_FDONE]:
+            r = int(header[_R])
+            n = max(0, min(len(out), int(header[_FMARK]) - r))
+            if n:
+                start = r & self._mask
+                first = min(n, self.capacity - start)
+                out[:first] = self._data[start : start + first]
+                if n > first:
+                    out[first:n] = self._data[: n - first]
+            self._drop_until(int(header[_FMARK]))
+            header[_FDONE] = seq
+        out[n:] = 0
+        return n
+
     def _honour_flush_request(self) -> None:
         header = self._header
         seq = header[_FSEQ]

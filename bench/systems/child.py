@@ -121,10 +121,29 @@ class ChildSystem:
 
     def start_call(self) -> float:
         child = self._child()
+        if child.proc.poll() is not None:
+            child = self._replace(child)
         child.drain()
-        asked = child.send("call")
+        try:
+            asked = child.send("call")
+        except BrokenPipeError:  # it died just now
+            child = self._replace(child)
+            asked = child.send("call")
         child.expect("started", 20)
         return asked
+
+    def _replace(self, child: LineChild) -> LineChild:
+        """A child that exited after it answered its last hangup (a Pipecat run had one
+        die between calls): counted with those that died of a hangup, and replaced."""
+        try:
+            code = child.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            raise ChildError("the baseline stopped reading its commands") from None
+        self.crashes.append(code)
+        child.close()
+        assert self._log is not None
+        self.child = LineChild(self._argv, self.pulse.child_env(), self._log)
+        return self.child
 
     def hangup(self) -> Any:
         from bench.systems import HangupStamps
@@ -135,15 +154,12 @@ class ChildSystem:
             line = child.expect("hungup", self.SESSION_BOUND_S + 20)
         except ChildError:
             try:  # its stdout closed: it is exiting, or already gone
-                code = child.proc.wait(5)
+                child.proc.wait(5)
             except subprocess.TimeoutExpired:
                 raise ChildError("the baseline stopped answering after a hangup") from None
             # The baseline died of its own hangup: what the user heard is still measured
             # by the observer; the agent side never reported, and a new child takes over.
-            self.crashes.append(code)
-            assert self._log is not None
-            child.close()
-            self.child = LineChild(self._argv, self.pulse.child_env(), self._log)
+            self._replace(child)
             return HangupStamps(sent, None, crashed=True)
         done = line.get("session_ended")
         return HangupStamps(sent, None if done is None else round((done - sent) * 1000, 2))

@@ -103,3 +103,7 @@ class FadingDevice(AudioDevice, Protocol):
         changes then). Only devices with ``cuts_at_device`` True have it; the
         others' queue is the ring the callback flushes. Control thread.
         """
+
+    def fade_flush_soon(self) -> None:
+        """The same, asked by the handler itself (audio thread, inside the handler): the
+        fade follows the period the handler is writing, and nobody waits for it."""

@@ -599,6 +599,17 @@ class PulseDevice:
             return None
         return self._ask("flush", timeout)
 
+    def fade_flush_soon(self) -> None:
+        """Barge-in at the device, asked from the handler itself (the agent flushed the
+        ring, ``DuplexCallback.on_agent_flush``): right after this period's write, the
+        audio thread fades what the server holds, as ``fade_flush`` does, and nobody
+        waits for it. Audio thread only, inside the handler. A fade already asked for
+        (a hangup's) is left as it is."""
+        with self._req_lock:
+            if self._pending is None:
+                self._pending = _Request("flush")
+        self._kick()
+
     def close(self) -> None:
         """Stop, end the audio thread (bounded wait), free the connection. Control thread."""
         self.stop()

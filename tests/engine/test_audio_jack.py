@@ -219,6 +219,42 @@ def test_hangups_while_sounding_end_at_the_port_without_a_click(
         f"tail steps larger than the tone's own: {stepped}\n{summary}")
 
 
+def test_the_agents_own_barge_in_fades_at_the_port(
+        tmp_path: Path, jack_server: JackServer, observer: JackObserver) -> None:
+    """The agent's barge-in (a flush of the playback ring it writes, as its SDK's
+    ``interrupt`` does) on the PortAudio path: the callback fades what the flush cuts
+    off over a period, so the tone ends without a step, and the call goes on."""
+    steady = tone(2.0)
+    own_step = largest_step(steady)
+    lines, bad = [], []
+    with running(tmp_path, jack_server) as proc:
+        start_call(proc, observer)
+        ring = AudioRing.attach(proc.ring_prefix + "-play")  # this test is the agent
+        try:
+            for i in range(10):
+                ring.write(steady)
+                time.sleep(0.3 + 0.0037 * i)  # flushes land at every phase of the period
+                sent = time.monotonic()
+                ring.request_flush()
+                assert observer.wait_until(sent + 0.2, timeout=5)
+                before = observer.segment(sent - 0.010, sent)
+                last = observer.last_sound_after(sent - 0.010, until=sent + 0.2)
+                assert last is not None and peak(before) > 0.1 * 32768, "it was sounding"
+                tail = observer.segment(last - 0.001, last + 1 / RATE)
+                click = 20 * np.log10(max(peak(tail), 1.0) / peak(before))
+                step = largest_step(observer.segment(last - 0.040, last + 1 / RATE))
+                lines.append(f"silence {(last - sent) * 1000:5.1f} ms  click {click:6.1f} dB  "
+                             f"step {step} (the tone's own {own_step})")
+                if last - sent > 0.06 or click > -20 or step > own_step:
+                    bad.append(i)
+            status = proc.request({"cmd": "status"})
+            assert status["agent_flushes"] == 10 and status["state"] == "running", status
+        finally:
+            ring.close()
+    print("\nJACK agent barge-ins:\n  " + "\n  ".join(lines))
+    assert not bad, f"flushes {bad} ended late, loud or with a step:\n  " + "\n  ".join(lines)
+
+
 def _cpu_seconds(pid: int) -> float:
     """utime + stime of ``pid`` (all its threads), seconds, from /proc/PID/stat."""
     with open(f"/proc/{pid}/stat") as f:

@@ -307,6 +307,47 @@ def test_barge_in_fades_at_the_speaker_and_the_call_goes_on(
     assert max(restarts) < 0.06, restarts
 
 
+def test_the_agents_own_barge_in_fades_at_the_speaker(
+        tmp_path: Path, pulse: PulseServer, observer: PlaybackObserver) -> None:
+    """The agent's barge-in is a flush of the playback ring it writes (its SDK's
+    ``interrupt``, ``RingAudioInterface``), not a command: the callback fades what it
+    cuts off over a period, and the device fades what the server holds right after."""
+    proc = spawn(tmp_path, pulse, "--no-aec")
+    ring = AudioRing.attach(proc.ring_prefix + "-play")  # this test is the agent
+    results: list[tuple[float, float]] = []
+    redos = 0
+    try:
+        assert proc.request({"cmd": "start"})["ok"]
+        for k in range(8 + WHOLE_REDOS):
+            if len(results) == 8:
+                break
+            ring.write(tone(2.0, freq=440.0 + 13 * k))
+            time.sleep(0.3 + 0.0037 * k)  # flushes land at every phase of the period
+            sent = time.monotonic()
+            ring.request_flush()
+            time.sleep(0.05)
+            status = proc.request({"cmd": "status"})
+            assert status["agent_flushes"] == k + 1, status
+            heard = judged(observer, sent, 0.15, status["last_fade"], f"flush {k}")
+            time.sleep(0.1)
+            if heard is None:
+                redos += 1
+                continue
+            results.append((heard[0] - sent, heard[1]))
+            assert observer.first_sound_after(heard[0] + 0.001, until=sent + 0.15) is None
+        assert proc.request({"cmd": "hangup"})["ok"]
+    finally:
+        ring.close()
+        proc.stop()
+    assert len(results) == 8, f"{redos} flushes not judged (see the output)"
+    ms = np.array([s for s, _ in results]) * 1000
+    clicks = [c for _, c in results]
+    print(f"agent barge-in silence ms: median {np.median(ms):.1f} p100 {ms.max():.1f}; "
+          f"click dB: worst {max(clicks):.1f}")
+    assert ms.max() < 40, ms  # a period to notice it, then the device's fade
+    assert max(clicks) <= -20, clicks
+
+
 def test_a_killed_stream_is_reopened_and_the_recording_keeps_wall_time(
         tmp_path: Path, pulse: PulseServer, observer: PlaybackObserver) -> None:
     proc = spawn(tmp_path, pulse, "--no-aec")

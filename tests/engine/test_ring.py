@@ -166,6 +166,28 @@ def test_attach_by_name_sees_the_same_audio_and_owner_unlinks() -> None:
     assert not os.path.exists(f"/dev/shm/{name}")
 
 
+def test_a_flush_read_takes_the_oldest_flushed_frames_and_keeps_what_follows() -> None:
+    with AudioRing.create(256) as ring:
+        out = np.zeros(40, np.int16)
+        assert not ring.flush_pending()
+        assert ring.read_flushed_into(out) == 0 and not out.any(), "no flush: nothing"
+        ring.write(np.arange(1, 101, dtype=np.int16))
+        ring.request_flush()
+        ring.write(np.full(10, 7, np.int16))  # written after the flush: plays
+        assert ring.flush_pending()
+        out[:] = -1
+        assert ring.read_flushed_into(out) == 40
+        assert out.tolist() == list(range(1, 41))
+        assert not ring.flush_pending() and ring.available() == 10
+        rest = np.zeros(16, np.int16)
+        assert ring.read_into(rest) == 10 and rest.tolist() == [7] * 10 + [0] * 6
+        ring.write(np.arange(1, 6, dtype=np.int16))
+        ring.request_flush()
+        out[:] = -1
+        assert ring.read_flushed_into(out) == 5, "fewer flushed than asked: zero-padded"
+        assert out.tolist() == [1, 2, 3, 4, 5] + [0] * 35 and ring.available() == 0
+
+
 def test_segment_unlinked_on_error() -> None:
     with pytest.raises(RuntimeError), AudioRing.create(16) as ring:
         name = ring.name
