@@ -29,15 +29,19 @@ from testing.pipewire import PipeWireServer
 from testing.sounds import RATE, tone
 
 SOUND = 33  # |x| above this is sound (-60 dBFS)
-WHOLE_TRIES = 3  # plays of the tone until the observer records one whole
+WHOLE_TRIES = 8  # plays of the tone until the observer records one whole
 HANGUPS_JUDGED = 10
 HANGUPS_NOT_WHOLE = 10
 """Hangups whose recording was not whole (or whose fade write the engine says left late,
 ``test_device_pulse.LateWrite``) the hangup test may skip: a fresh-clone CI run
 had 9 of 13 not whole, where runs on the same rig had none (see ``GRAPH_RATE_TOLERANCE``)."""
-GRAPH_RATE_TOLERANCE = 0.005
+GRAPH_RATE_TOLERANCE = 0.002
 """How far below the rate the samples the observer gets per second of ``time.monotonic()``
-may be before PipeWire's graph counts as missing cycles. On this rig, when the virtual
+may be before PipeWire's graph counts as missing cycles (measured over a test, seconds
+long: a chunk, 80 samples, is 0.5 % of one second). A graph that loses one 80-sample
+cycle a second leaves half of all 0.5 s recordings not whole: a fresh-clone CI run had
+the graph at 15 879 samples a second, and one test at 15 920 or more whose tone was not
+recorded whole in 3 tries. On this rig, when the virtual
 machine's host took CPU time from it (``steal`` in ``/proc/stat``: 270 s in 90 min of one
 session), the graph delivered 15 190 samples a second of 16 000 for minutes on end and
 every 0.3 s span of the recording lost samples; a PulseAudio null sink catches up
@@ -78,8 +82,8 @@ def mark(obs: PlaybackObserver) -> tuple[float, int]:
 
 @pytest.fixture
 def observer(pipewire: PipeWireServer) -> Iterator[PlaybackObserver]:
-    """The observer on the speaker's monitor, once PipeWire's graph keeps time: one second
-    in which it delivered the rate to ``GRAPH_RATE_TOLERANCE``. A graph that does not
+    """The observer on the speaker's monitor, once PipeWire's graph keeps time: two seconds
+    in which it delivered the rate to twice ``GRAPH_RATE_TOLERANCE``. A graph that does not
     within ``GRAPH_HEALTH_WAIT`` s makes the test skip, saying what it measured: the
     machine, not the engine, drops the samples there, and no test could judge the engine
     through it (the PulseAudio tests judge the same code on a server that keeps time)."""
@@ -87,9 +91,9 @@ def observer(pipewire: PipeWireServer) -> Iterator[PlaybackObserver]:
         deadline = time.monotonic() + GRAPH_HEALTH_WAIT
         while True:
             t0, n0 = time.monotonic(), obs.samples().size
-            time.sleep(1.0)
+            time.sleep(2.0)
             rate = (obs.samples().size - n0) / (time.monotonic() - t0)
-            if rate >= RATE * (1 - GRAPH_RATE_TOLERANCE):
+            if rate >= RATE * (1 - 2 * GRAPH_RATE_TOLERANCE):  # 2 s: a chunk is 0.25 %
                 break
             if time.monotonic() > deadline:
                 pytest.skip(f"PipeWire's graph delivered {rate:.0f} samples a second of {RATE} "
