@@ -76,6 +76,9 @@ class DuplexCallback:
         """Set once, before the stream first starts; None: the mic goes straight to capture."""
         self._fade = fade_curve(fade_frames)
         self._fade_buf = np.zeros(len(self._fade), np.float32)
+        self._fades = [fade_curve(n) for n in range(1, len(self._fade))] + [self._fade]
+        """The whole fade curve of every length up to ``fade_frames`` (index: length - 1),
+        made here so that a barge-in in a period shorter than the fade allocates nothing."""
         self._fade_pos = 0
         """Frames of the hangup fade already played (audio thread)."""
         self.max_period_frames = max_period_frames
@@ -189,14 +192,19 @@ class DuplexCallback:
 
     def _flush_fade(self, out: np.ndarray, read: Callable[[np.ndarray], int]) -> None:
         """A barge-in period that fades what the barge-in cuts off: the ring's next audio
-        (``read``) through the whole fade curve (shortened to the period when the period
-        is shorter), ending at exact zero, then zeros. The rest is dropped (by ``read``,
-        or by the caller)."""
-        curve = self._fade if len(self._fade) <= len(out) else fade_curve(len(out))
-        n = len(curve)
+        (``read``) through the whole fade curve (a shorter whole curve when the period is
+        shorter than the fade), ending at exact zero, then zeros. The rest is dropped (by
+        ``read``, or by the caller)."""
+        self._faded_read(out, self._fades[min(len(out), len(self._fade)) - 1], read)
+
+    def _faded_read(self, out: np.ndarray, gains: np.ndarray,
+                    read: Callable[[np.ndarray], int]) -> None:
+        """``out[:len(gains)]`` read by ``read`` and multiplied by ``gains``, the rest zeros
+        (no allocation: the products go through ``_fade_buf``)."""
+        n = len(gains)
         if read(out[:n]):
             buf = self._fade_buf[:n]
-            np.multiply(out[:n], curve, out=buf)
+            np.multiply(out[:n], gains, out=buf)
             np.rint(buf, out=buf)
             out[:n] = buf
         out[n:] = 0
@@ -209,12 +217,6 @@ class DuplexCallback:
         """
         pos = self._fade_pos
         n = min(len(self._fade) - pos, len(out))
-        got = self.playback.read_into(out[:n])
-        if got:
-            buf = self._fade_buf[:n]
-            np.multiply(out[:n], self._fade[pos : pos + n], out=buf)
-            np.rint(buf, out=buf)
-            out[:n] = buf
-        out[n:] = 0
+        self._faded_read(out, self._fade[pos : pos + n], self.playback.read_into)
         self._fade_pos = pos + n
         return self._fade_pos >= len(self._fade)
