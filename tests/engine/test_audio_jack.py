@@ -130,7 +130,10 @@ def hangup_once(proc: AudioProcess, ring: AudioRing, observer: JackObserver,
                 sound: np.ndarray, delay: float) -> dict[str, float] | None:
     """One call: play ``sound``, hang up ``delay`` s after the observer first heard
     it, measure the ending at the port. None if it was not sounding at the hangup
-    (a pause in speech: redo, never count)."""
+    (a pause in speech), or if the observer skipped JACK frames meanwhile (its
+    recording has a splice of its own there; a fresh-clone CI run had one): redo,
+    never count."""
+    skipped = observer.skipped_frames
     start_call(proc, observer)
     written = time.monotonic()
     ring.write(sound)
@@ -151,6 +154,9 @@ def hangup_once(proc: AudioProcess, ring: AudioRing, observer: JackObserver,
     assert observer.wait_until(sent + 0.3, timeout=5)
     before = observer.segment(sent - 0.010, sent)
     if peak(before) < 0.01 * 32768:  # below -40 dBFS: not speaking, proves nothing
+        return None
+    if observer.skipped_frames != skipped:
+        print(f"\nthe observer skipped {observer.skipped_frames - skipped} JACK frames: redo")
         return None
     last = observer.last_sound_after(sent - 0.010, until=sent + 0.3)
     assert last is not None
@@ -175,10 +181,13 @@ def test_hangups_while_sounding_end_at_the_port_without_a_click(
     with running(tmp_path, jack_server) as proc:
         ring = AudioRing.attach(proc.ring_prefix + "-play")
         try:
-            for i in range(20):  # steady tone, hung up at spread-out phases
+            for i in range(25):  # steady tone, hung up at spread-out phases
                 got = hangup_once(proc, ring, observer, steady, 0.08 + 0.0137 * i)
-                assert got is not None
-                results.append(("tone", got))
+                if got is not None:
+                    results.append(("tone", got))
+                if len(results) == 20:
+                    break
+            assert len(results) == 20, "5 redos at most (the observer skipped JACK frames)"
             attempts = 0
             speech_done = 0
             while speech_done < 6 and attempts < 30:
