@@ -5,7 +5,7 @@ and the local agent, a 1 ms timer watching the loop (``gui.loopwatch``):
 Call, a caller turn, Hang up pressed, back to Ready. Reports the longest gap
 between ticks in the hangup window (press → Ready) and over the whole call,
 in milliseconds, both as measured (wall) and less the time the kernel kept
-the GUI thread waiting for a CPU (own).
+the GUI thread waiting for a CPU and the host's steal (own; ``gui.loopwatch``).
 """
 
 from __future__ import annotations
