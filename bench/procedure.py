@@ -46,6 +46,9 @@ from testing.measure import (
     wait_quiet,
 )
 
+CLICK_BOUND_DB = -20.0
+"""A hangup whose click figure is above this clicks (issue 13's bound); such hangups are
+listed one by one (``Results.loud_hangups``)."""
 QUIET_S = 0.5
 """Silence heard before each call starts, seconds."""
 SPEECH_WAIT_S = 1.0
@@ -86,6 +89,13 @@ class Results:
     hangup_click_db: list[float] = field(default_factory=list)
     hangup_crashed: list[bool] = field(default_factory=list)
     """Per counted hangup, in the order of ``hangup_silence``: the process died of it."""
+    loud_hangups: list[dict[str, Any]] = field(default_factory=list)
+    """Each counted hangup whose click figure was above ``CLICK_BOUND_DB``: its figures,
+    and the system's own account of its fade where it gives one (callctl's
+    ``device_fade``), so that a reader can tell a late write from a fade that ended loud."""
+    late_device_fades: int = 0
+    """Counted hangups whose fade the system itself said may have landed late (callctl's
+    ``fade["late"]``, ``PulseDevice._applied_after``)."""
     tail_step_ratio: list[float] = field(default_factory=list)
     agent_done: list[float] = field(default_factory=list)
     agent_killed: int = 0
@@ -195,6 +205,12 @@ def hangups(system: System, moments: list[float], out: Results) -> None:
             out.hangup_crashed.append(stamps.crashed)
             if end.click_db is not None:
                 out.hangup_click_db.append(round(end.click_db, 2))
+                if end.click_db > CLICK_BOUND_DB:
+                    out.loud_hangups.append({
+                        "click_db": round(end.click_db, 2), "silence_ms": end.silence_ms,
+                        "tail_step": end.tail_step, "before_step": end.before_step,
+                        "device_fade": stamps.device_fade})
+            out.late_device_fades += int(bool((stamps.device_fade or {}).get("late")))
             if end.before_step:
                 out.tail_step_ratio.append(round(end.tail_step / end.before_step, 3))
             if stamps.agent_done_ms is not None:

@@ -15,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from bench.procedure import CLICK_BOUND_DB  # noqa: E402
+
 SYSTEMS = (("callctl", "callctl"), ("sdk", "SDK DefaultAudioInterface"),
            ("pipecat", "Pipecat LocalAudioTransport"))
 
@@ -103,6 +105,28 @@ def _row(title: str, s: dict[str, Any], key: str, unit: str = "ms",
     return f"| {title} | {cells} | {verdict(figures, lower_is_better)} |"
 
 
+FADE_KEYS = ("late", "queued_frames", "hold_frames", "fade_frames", "tail_db",
+             "left_before_ms", "deferred")
+"""What the report shows of callctl's own account of a fade (``PulseDevice.fade_info``)."""
+
+
+def loud_hangups(c: dict[str, Any]) -> str:
+    """callctl's hangups above the click bound, each with the engine's account of its fade,
+    and how many fades the engine itself said may have landed late."""
+    loud = c.get("loud_hangups") or []
+    head = (f"* callctl hangups whose click was above {CLICK_BOUND_DB:.0f} dB: {len(loud)}; "
+            f"fades the engine said may have landed late (`late`): "
+            f"{c.get('late_device_fades', 0)}")
+    rows = []
+    for h in loud:
+        fade = h.get("device_fade") or {}
+        account = ", ".join(f"{k} {fade[k]}" for k in FADE_KEYS if k in fade) or "none"
+        rows.append(f"  * {h['click_db']:.1f} dB, silence {h['silence_ms']:.1f} ms, largest "
+                    f"step {h['tail_step']} (the voice's own {h['before_step']}); the engine's "
+                    f"fade: {account}")
+    return "\n".join([head, *rows])
+
+
 def markdown(summary: dict[str, Any], plot_names: list[str]) -> str:
     s = summary["systems"]
     c = s["callctl"]
@@ -175,6 +199,7 @@ def markdown(summary: dict[str, Any], plot_names: list[str]) -> str:
                      f"{r['given_up']} offsets given "
                      f"up after {summary['max_redos']} tries; CPU measured over "
                      f"{r.get('cpu_seconds') or 0:.0f} s.")
+    lines += ["", loud_hangups(c)]
     lines += [
         f"* callctl, cold start (no standby agent process): {dist(c.get('cold_start'))}",
         f"* callctl agent processes killed at the 2 s bound, cooperative service: "

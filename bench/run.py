@@ -163,9 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             [v for v, died in zip(r.get("hangup_silence", []), r.get("hangup_crashed", []),
                                   strict=True) if not died])
         for name in ("redone_in_pause", "given_up", "agent_killed", "cpu_percent",
-                     "cpu_seconds", "crashed_on_hangup", "hangups_sent"):
+                     "cpu_seconds", "crashed_on_hangup", "hangups_sent", "late_device_fades"):
             systems[key][name] = r.get(name, 0 if name != "cpu_percent" else None)
         systems[key]["greeting_pauses_s"] = r.get("greeting_pauses_s", [])
+        systems[key]["loud_hangups"] = r.get("loud_hangups", [])
     stall_sdk = frozen.get("sdk", [])
     summary: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(began)),

@@ -9,7 +9,7 @@ server of the same configuration, with an external observer on its speaker.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from testing.observer import PlaybackObserver
 from testing.pulse import PulseServer
@@ -32,6 +32,9 @@ class HangupStamps:
     killed: bool = False
     crashed: bool = False
     """The system's process died of the hangup (Pipecat 1.14, see bench/pipecat_baseline.py)."""
+    device_fade: dict[str, Any] | None = None
+    """callctl only: the engine's own account of its fade at the device (the hangup
+    reply's ``audio.fade``, docs/protocol.md), to set beside what the observer heard."""
 
 
 class System(Protocol):

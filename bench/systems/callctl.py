@@ -43,7 +43,7 @@ class CallctlSystem:
 
     def hangup(self) -> HangupStamps:
         sent = time.monotonic()
-        self.rig.request({"cmd": "hangup"})
+        reply = self.rig.request({"cmd": "hangup"})
         ended = self.rig.wait_event("call.ended", 6)
         if ended is None:
             raise RuntimeError("no call.ended within 6 s of the hangup")
@@ -52,7 +52,8 @@ class CallctlSystem:
         done = t.get("agent_exited_ms")
         offset = (float(t["hangup_received"]) - sent) * 1000 if t.get("hangup_received") else 0.0
         return HangupStamps(sent, None if done is None else round(done + offset, 2),
-                            killed=bool(t.get("agent_killed")))
+                            killed=bool(t.get("agent_killed")),
+                            device_fade=(reply.get("audio") or {}).get("fade"))
 
     def interrupt(self, at: float) -> float:
         self.rig.drain_events()
