@@ -212,8 +212,11 @@ class AudioEngine(Commands, spec=protocol.AUDIO_COMMANDS):
         On a device that cuts at the device (``cuts_at_device``: the native PulseAudio
         backend) the device also fades out, at once, what the sound server already
         holds (``fade_flush``), so the agent falls silent within a render block
-        instead of playing the server's queue out. The callback's request comes
-        first: no ring audio from before the flush is written after the fade.
+        instead of playing the server's queue out. The device makes the callback's
+        request itself, between two periods, with its fade, and serves the fade
+        before the next period: no ring audio from before the flush is written
+        after the fade, and a fade put off to the next write finds the flush still
+        pending in the callback (which then writes that period faded).
         Replies with ``dropped_frames`` (from the ring), ``done`` (the callback took
         the request) and, when the device faded, ``silent_at`` (``time.monotonic()``
         when its fade's last sample plays, as the server reports it), ``fade`` (the
@@ -222,11 +225,21 @@ class AudioEngine(Commands, spec=protocol.AUDIO_COMMANDS):
         """
         if not self.device.running:
             return protocol.ok(dropped_frames=self.playback.flush())
-        ticket = self.callback.request_flush()
+        tickets: list[int] = []
+
+        def ask_callback() -> None:
+            tickets.append(self.callback.request_flush())
+
         silent_at: float | None = None
         if self.device.cuts_at_device:
+            # The device asks the callback itself, between two periods, so that the
+            # fade it serves first and the callback's flush are one step.
             device = cast(FadingDevice, self.device)
-            silent_at = device.fade_flush(max(0.1, 10 * device.period_frames / device.rate))
+            silent_at = device.fade_flush(max(0.1, 10 * device.period_frames / device.rate),
+                                          ask_callback)
+        if not tickets:
+            ask_callback()
+        ticket = tickets[0]
         deadline = time.monotonic() + 0.5
         while not self.callback.flush_done(ticket) and time.monotonic() < deadline:
             time.sleep(0.0005)

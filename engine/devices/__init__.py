@@ -15,6 +15,7 @@ user's ``--device`` value:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from callctl.engine.bridge import PeriodHandler
@@ -90,14 +91,18 @@ class FadingDevice(AudioDevice, Protocol):
     it holds audio the handler already produced, and fades it out itself, on a hangup
     (``fade_stop``) and on a barge-in (``fade_flush``)."""
 
-    def fade_flush(self, timeout: float) -> float | None:
+    def fade_flush(self, timeout: float,
+                   ask_handler: Callable[[], object] | None = None) -> float | None:
         """Barge-in at the device: fade what plays now to zero; the stream runs on.
 
         The device's queue is refilled with silence to the depth it had, so the
-        handler's next period plays where it would have, at the same latency. The
-        caller asks the handler to drop its own queued audio first
-        (``DuplexCallback.request_flush``), so that nothing from before the flush is
-        written after the fade. Waits at most ``timeout`` seconds. Returns the
+        handler's next period plays where it would have, at the same latency.
+        ``ask_handler`` asks the handler to drop its own queued audio
+        (``DuplexCallback.request_flush``): the device calls it between two handler
+        calls, together with registering the fade, and serves the fade before the
+        handler's next call, so that the handler sees the flush in the period the
+        fade asks for (``FADE_FLUSH``) and nothing from before the flush is written
+        after the fade. Waits at most ``timeout`` seconds. Returns the
         ``time.monotonic()`` at which the fade's last sample plays as the device
         reports it, or None when it could not fade (or is not running; nothing
         changes then). Only devices with ``cuts_at_device`` True have it; the

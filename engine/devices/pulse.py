@@ -53,8 +53,11 @@ gives up (``lost``; ``running`` turns False).
 CPU: on a virtual machine a wake-up, a system call and a Python line each
 cost several times what they cost on bare metal, and libpulse spends about
 six system calls on every packet it reads. Hence one wake-up a period, a
-``minreq`` large enough that the server rarely asks for data, the hot loop's
-names bound to locals, and the non-blocking libpulse calls made through
+``minreq`` large enough that the server rarely asks for data, and a call's
+ordinary periods run in C (``pulse_period.c``, the module ``_pulse_period``
+built with the package; ``pulse_state`` holds what both sides share): the
+wait, the dispatch, the microphone's copy and the write, with the interpreter
+entered only for the handler. Other libpulse calls that never block go through
 ``ctypes.PyDLL`` (no GIL release and re-take around each).
 
 Units: frames (= samples, mono), seconds of ``time.monotonic()``.
@@ -69,12 +72,14 @@ import subprocess
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from callctl.engine.bridge import DEVICE_GAP, FADE_FLUSH, PeriodHandler
 from callctl.engine.devices import DeviceError
+from callctl.engine.devices.pulse_state import PeriodState, StateField, period_module
 from callctl.engine.fade import fade_for, fade_lengths
 from callctl.engine.ring import SAMPLE_RATE
 from callctl.engine.threads import ask_realtime, name_os_thread
@@ -108,7 +113,7 @@ INPUT_OVERFLOW = 2
 """Status flag: microphone was dropped because the thread fell a second behind
 (PortAudio's ``paInputOverflow``)."""
 
-DEFAULT_PERIOD_SECONDS = 0.010
+DEFAULT_PERIOD_SECONDS = 0.020
 """The handler's period (the record stream's fragment), a trade between CPU and how soon
 the caller is heard (see ``PulseDevice``)."""
 QUEUE_SLACK_SECONDS = 0.010
@@ -404,21 +409,44 @@ class PulseDevice:
     ``fade_seconds``: the hangup and barge-in fade at the device.
 
     The period is a trade measured on the test rig (2 cores, private PulseAudio,
-    echo cancellation on). Each period costs a wake-up and about the same Python
-    and libpulse work whatever its length, so the audio process's CPU during a
-    call falls as the period grows (``python -m bench.audio_threads --period-ms
-    MS``; the figures are in the README). But the caller is heard a period at a
-    time: in a whole ``make bench`` run at 20 ms (commit 8b6bf66, with a 3 ms
-    ``RENDER_MARGIN``) barge-in → voice gone was 23.8 / 69.0 ms (median / p99)
-    against 17.1 / 26.9 at 10 ms (a9e35a0), so 10 ms stays the default and 20 ms
-    is ``--period-ms 20``. The queue is the period plus ``QUEUE_SLACK_SECONDS`` at
-    any period.
+    echo cancellation on). Each period costs a wake-up and about the same
+    libpulse work whatever its length, so the audio process's CPU during a call
+    falls as the period grows (``python -m bench.audio_threads --period-ms MS``;
+    the figures are in the README): about 4 % of a core at 10 ms, 3 % at 20 ms.
+    The hangup does not wait for a period (the fade is written at once); a
+    barge-in the agent asks for waits for the handler's next period, so it lands
+    later (the README has both ``make bench`` figures). 20 ms is the default, for the
+    CPU; ``--period-ms 10`` trades CPU for barge-in time. The queue is the period
+    plus ``QUEUE_SLACK_SECONDS`` at any period.
     ``status()["realtime"]`` says whether the audio thread got ``SCHED_RR``.
     """
 
     backend = "pulse"
     cuts_at_device = True
     handler_may_wait = True
+
+    # Kept in ``_state``, where the C period loop reads and writes them too.
+    _cap_fill = StateField("capture_fill")
+    """Frames of microphone in ``_cap``, from its start (audio thread)."""
+    _written = StateField("written")
+    """Frames written to the playback stream since it was opened (audio thread)."""
+    _active = StateField("active", bool)
+    _session = StateField("session")
+    _need_prime = StateField("need_prime", bool)
+    _await_write = StateField("await_write", bool)
+    """A hangup was put off until after the next write (``_defer``; audio thread)."""
+    _underflowed = StateField("underflowed", bool)
+    _status = StateField("status")
+    """``OUTPUT_UNDERFLOW`` and the other flags for the handler's next call."""
+    _due = StateField("due", float, none_below_zero=True)
+    """When the next period's microphone is due (``time.monotonic()``), None: not known."""
+    _last_ok = StateField("last_ok", float)
+    late_max = StateField("late_max", float)
+    """Seconds: the latest a period's write left after its microphone was due, this
+    call (wake-up, handler and write; what the queue's slack must cover)."""
+    gap_max = StateField("gap_max", float)
+    """Seconds: the longest time between two periods' wake-ups this call (the period
+    when all is well; longer when the server's microphone data came late)."""
 
     def __init__(
         self,
@@ -431,6 +459,7 @@ class PulseDevice:
     ) -> None:
         self._pa = _lib()
         self._fa = _fast_lib()
+        self._c = period_module()
         self.rate = SAMPLE_RATE
         self.period_frames = max(16, round(period_seconds * self.rate))
         self.sink, self.source = sink, source
@@ -452,16 +481,18 @@ class PulseDevice:
         self._zeros = np.zeros(self.prime_frames + self.period_frames, np.int16)
         self._zeros_ptr = self._zeros.ctypes.data
         self._cap = np.zeros(CAPTURE_FRAMES, np.int16)
-        self._cap_ptr = self._cap.ctypes.data
-        self._cap_fill = 0  # frames of microphone in _cap, from its start
         self._cap_head = self._cap[: self.period_frames]
         """The handler's ``mic``: the period at the head of ``_cap``."""
         self._history = np.zeros(HISTORY_FRAMES, np.int16)
-        self._written = 0  # frames written to the playback stream since it was opened
+        self._kick_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        """Written by ``_kick``: it ends the C period wait (``PeriodState.kick_fd``)."""
+        self._state = PeriodState.for_device(self._fa, self._cap, self._history,
+                                             self.period_frames, self.rate, self._kick_fd,
+                                             WAKE_SLACK, WAKE_CREEP)
+        """What the C period loop reads and writes (``pulse_state``); the attributes
+        declared as ``StateField`` live there."""
+        self._st = ctypes.addressof(self._state)
         self._fade_buf = np.zeros(HISTORY_FRAMES, np.int16)
-        self._peek_data = ctypes.c_void_p()
-        self._peek_len = ctypes.c_size_t()
-        self._peek_args = (ctypes.byref(self._peek_data), ctypes.byref(self._peek_len))
         self._lat_usec = ctypes.c_uint64()
         self._lat_neg = ctypes.c_int()
         self._lat_args = (ctypes.byref(self._lat_usec), ctypes.byref(self._lat_neg))
@@ -484,9 +515,8 @@ class PulseDevice:
         self._closed = False
         self._kicks = 0
         self._kicks_seen = 0
-        self._pending: _Request | None = None
+        self._pending_request: _Request | None = None
         self._await_write = False
-        """A hangup was put off until after the next write (``_defer``; audio thread)."""
         self._defer_until = 0.0
         self._req_lock = threading.Lock()
         self._io = threading.Lock()
@@ -509,11 +539,7 @@ class PulseDevice:
         as a step."""
         """Periods after which the queue was found nearly dry and topped up with silence."""
         self.late_max = 0.0
-        """Seconds: the latest a period's write left after its microphone was due, this
-        call (wake-up, handler and write; what the queue's slack must cover)."""
         self.gap_max = 0.0
-        """Seconds: the longest time between two periods' wake-ups this call (the period
-        when all is well; longer when the server's microphone data came late)."""
         self.realtime: str | None = None
         """The audio thread's scheduling: "SCHED_RR/10", or why it stayed normal."""
         self._failed: deque[float] = deque(maxlen=MAX_FAILED_REOPENS)
@@ -521,7 +547,7 @@ class PulseDevice:
         self._sleeper = threading.Lock()
         self._sleeper.acquire()
         """Held by the audio thread; it sleeps in ``acquire(timeout)``, ``_kick`` releases it."""
-        self._due: float | None = None
+        self._due = None
         self._need_prime = True
         self._underflowed = False
         self._status = 0
@@ -531,6 +557,8 @@ class PulseDevice:
         except PulseError as exc:
             self._pa.pa_mainloop_free(self._ml)
             self._ml = None
+            os.close(self._kick_fd)
+            self._kick_fd = -1
             raise DeviceError(f"cannot open PulseAudio device {self.name!r}: {exc}") from None
         # From here on only the audio thread touches the connection. It calibrates first
         # (at its own scheduling priority: on a busy machine the control thread's late
@@ -545,6 +573,18 @@ class PulseDevice:
             raise DeviceError(f"PulseAudio device {self.name!r} does not run: {error}")
 
     # -- control thread ---------------------------------------------------------
+
+    @property
+    def _pending(self) -> _Request | None:
+        """The fade request the audio thread is to serve (under ``_req_lock``). While one
+        is pending, and not put off to the next write, the handler is not called
+        (``PeriodState.pending``): the request is served first."""
+        return self._pending_request
+
+    @_pending.setter
+    def _pending(self, request: _Request | None) -> None:
+        self._pending_request = request
+        self._state.pending = request is not None
 
     @property
     def running(self) -> bool:
@@ -587,17 +627,24 @@ class PulseDevice:
         self.stop()
         return result
 
-    def fade_flush(self, timeout: float) -> float | None:
+    def fade_flush(self, timeout: float,
+                   ask_handler: Callable[[], object] | None = None) -> float | None:
         """Barge-in at the device: the audio thread, woken at once, fades what the server
         is playing to zero and refills the queue with silence to the depth it had; the
-        stream runs on and the next period plays whatever the handler writes. Ask the
-        handler to drop its own queued audio first (``DuplexCallback.request_flush``),
-        so nothing older is written after the fade. Returns the time the fade's last
-        sample plays (``time.monotonic()``), or None if not running or the fade failed
-        (the stream runs on unfaded). Waits at most ``timeout`` s. Control thread only."""
+        stream runs on and the next period plays whatever the handler writes.
+        ``ask_handler`` asks the handler to drop its own queued audio
+        (``DuplexCallback.request_flush``): it runs between two handler calls, with the
+        request registered, and the handler is not called again before the fade is
+        served (``_ask``), so nothing older is written after the fade, and a fade put
+        off to the next write (``_defer``) finds the flush still pending in the handler.
+        Returns the time the fade's last sample plays (``time.monotonic()``), or None if
+        not running or the fade failed (the stream runs on unfaded). Waits at most
+        ``timeout`` s. Control thread only."""
         if not self.running:
+            if ask_handler is not None:
+                ask_handler()
             return None
-        return self._ask("flush", timeout)
+        return self._ask("flush", timeout, ask_handler)
 
     def fade_flush_soon(self) -> None:
         """Barge-in at the device, asked from the handler itself (the agent flushed the
@@ -620,6 +667,8 @@ class PulseDevice:
             self._close_link()
             ml, self._ml = self._ml, None
             self._pa.pa_mainloop_free(ml)
+            fd, self._kick_fd = self._kick_fd, -1
+            os.close(fd)
 
     def status(self) -> dict[str, Any]:
         """For the audio process's ``status``: losses and reopens so far, the server's
@@ -640,14 +689,21 @@ class PulseDevice:
             self._sleeper.release()
         except RuntimeError:  # already released, not yet taken back: the thread is awake
             pass
+        if self._kick_fd >= 0:
+            os.eventfd_write(self._kick_fd, 1)
         ml = self._ml
         if ml is not None:
             self._pa.pa_mainloop_wakeup(ml)
 
-    def _ask(self, kind: str, timeout: float) -> float | None:
+    def _ask(self, kind: str, timeout: float,
+             ask_handler: Callable[[], object] | None = None) -> float | None:
+        """Register a fade request (``ask_handler`` with it, between two handler calls)
+        and wait for the audio thread to serve it, at most ``timeout`` s."""
         request = _Request(kind)
-        with self._req_lock:
+        with self._io, self._req_lock:
             self._pending = request
+            if ask_handler is not None:
+                ask_handler()
         self._kick()
         if not request.done.wait(timeout):
             with self._req_lock:
@@ -715,6 +771,7 @@ class PulseDevice:
                 if time.monotonic() > deadline:
                     raise self._fail(f"the {what} stream did not open", PA_ERR_TIMEOUT)
                 self._iterate(0.05)
+        self._state.link(self._ml, self._rec, self._play)
         self._rec_corked = False
         self._written = 0
         self._cap_fill = 0
@@ -728,6 +785,7 @@ class PulseDevice:
 
     def _close_link(self) -> None:
         pa = self._pa
+        self._state.link(None, None, None)
         for stream in (self._play, self._rec):
             if stream:
                 if pa.pa_stream_get_state(stream) == PA_STREAM_READY:
@@ -793,42 +851,25 @@ class PulseDevice:
 
     def _pull(self) -> None:
         """Move what the record stream received into ``_cap`` (no wait)."""
-        pa, rec = self._pa, self._rec
-        data, length = self._peek_data, self._peek_len
-        while True:
-            if pa.pa_stream_peek(rec, *self._peek_args) < 0:
-                raise self._error("read")
-            n = length.value
-            if n == 0:
-                return
-            frames = n // 2
-            if self._cap_fill + frames > CAPTURE_FRAMES:
-                self._cap_fill, frames = self._overrun(self._cap_fill, frames)
-            if data.value:
-                ctypes.memmove(self._cap_ptr + 2 * self._cap_fill, data.value, 2 * frames)
-            else:  # a hole in the stream: silence
-                self._cap[self._cap_fill : self._cap_fill + frames] = 0
-            self._cap_fill += frames
-            pa.pa_stream_drop(rec)
+        if self._c.pull(self._st) < 0:
+            raise self._error("read")
+        self._take_overrun()
+
+    def _take_overrun(self) -> None:
+        """Microphone was dropped because ``_cap`` was full (the thread fell a second
+        behind; the C side kept the newest): the handler is told (``INPUT_OVERFLOW``)."""
+        if self._state.overrun:
+            self._state.overrun = 0
+            self._status |= INPUT_OVERFLOW
 
     def _write(self, samples: np.ndarray, ptr: int | None = None, offset: int = 0,
                seek: int = PA_SEEK_RELATIVE) -> None:
-        """Queue ``samples`` on the playback stream (sent at the next iteration; by
-        default after what was written before) and keep them in the history the fade
-        reads, at ``_written``."""
-        n = len(samples)
-        if self._fa.pa_stream_write(self._play, samples.ctypes.data if ptr is None else ptr,
-                                    2 * n, None, offset, seek) < 0:
+        """Queue ``samples`` (contiguous int16) on the playback stream (sent at the next
+        iteration; by default after what was written before) and keep them in the
+        history the fade reads, at ``_written``."""
+        if self._c.write(self._st, samples.ctypes.data if ptr is None else ptr,
+                         len(samples), offset, seek) < 0:
             raise self._error("write")
-        pos = self._written % HISTORY_FRAMES
-        end = pos + n
-        if end <= HISTORY_FRAMES:
-            self._history[pos:end] = samples
-        else:
-            first = HISTORY_FRAMES - pos
-            self._history[pos:] = samples[:first]
-            self._history[: n - first] = samples[first:]
-        self._written += n
 
     def _latency(self, stream: int | None) -> float | None:
         """Seconds (interpolated, no round trip): playback, until a sample written now
@@ -943,103 +984,86 @@ class PulseDevice:
         ``poll``: the server's packets do not wake it one by one), takes in what the
         server sent without waiting, and if a whole period is there calls the handler
         and writes; if not, it waits in ``poll`` for the rest, and that arrival sets the
-        schedule (``WAKE_CREEP`` brings it back there every few periods, so the schedule
-        follows the server's clock). The hot path binds what it uses to locals: on a
-        virtual machine every wake-up starts with cold caches, and each attribute
-        lookup counts.
+        schedule (``WAKE_CREEP`` brings it back there every few periods, so the
+        schedule follows the server's clock). Ordinary periods run in C
+        (``run_periods``); a period that is not ordinary (see ``pulse_period.c``)
+        comes back here and is served by ``_period``.
         """
-        fa = self._fa
-        ml, rec = self._ml, self._rec
-        iterate, peek, drop = fa.pa_mainloop_iterate, fa.pa_stream_peek, fa.pa_stream_drop
-        memmove, monotonic, acquire = ctypes.memmove, time.monotonic, self._sleeper.acquire
-        peek_args, data, length = self._peek_args, self._peek_data, self._peek_len
-        cap, cap_ptr, mic = self._cap, self._cap_ptr, self._cap_head
-        out, out_ptr, io = self._out, self._out_ptr, self._io
-        p = self.period_frames
-        period_s = p / self.rate
+        c = self._c
+        run_periods, st, io = c.run_periods, self._st, self._io
+        mic, out, out_ptr = self._cap_head, self._out, self._out_ptr
+        kicked, short, stopped, refill = c.KICKED, c.SHORT, c.STOPPED, c.REFILL
         kicks = self._kicks_seen
         while True:
-            now = monotonic()
-            due = self._due
-            if due is not None:
-                wait = due + WAKE_SLACK - now
-                if wait > 0:
-                    acquire(True, wait)
-                    if self._kicks != kicks:
-                        return
-                    now = monotonic()
-            # Take in all the server sent (one packet header or body an iteration),
-            # then all the microphone it held.
-            for _ in range(64):
-                if iterate(ml, 0, None) <= 0:
-                    break
-            fill = self._cap_fill
-            while True:
-                if peek(rec, *peek_args) < 0:
-                    raise self._error("read")
-                n = length.value >> 1
-                if not n:
-                    break
-                if fill + n > CAPTURE_FRAMES:
-                    fill, n = self._overrun(fill, n)
-                if data.value:
-                    memmove(cap_ptr + 2 * fill, data.value, 2 * n)
-                else:  # a hole in the stream: silence
-                    cap[fill : fill + n] = 0
-                fill += n
-                drop(rec)
-            self._cap_fill = fill
-            if fill < p:
-                if now - self._last_ok > STALL_SECONDS:
+            rc = run_periods(st, session, self._handler, mic, out, out_ptr,
+                             io.acquire, io.release)
+            if rc == kicked:
+                if self._kicks != kicks:
+                    return
+                continue
+            if rc == stopped:
+                return
+            if rc == refill:
+                self._refill()
+                continue
+            if rc < 0:
+                raise self._error("read" if rc == c.READ_FAILED else "write")
+            if self._state.overrun:
+                self._take_overrun()
+            if rc == short:  # not a whole period yet
+                if self._state.woke - self._last_ok > STALL_SECONDS:
                     raise PulseError("no microphone data", PA_ERR_TIMEOUT)
                 self._due = None  # the arrival it waits for is the new phase reference
                 self._iterate(0.1)
                 if self._kicks != kicks or (self._await_write
-                                            and monotonic() >= self._defer_until):
+                                            and time.monotonic() >= self._defer_until):
                     return
                 continue
-            while fill >= p:
-                status = self._status
-                self._status = 0
-                with io:
-                    if not self._active or session != self._session:
-                        return
-                    if self._need_prime:
-                        self._prime_playback()
-                    handler = self._handler
-                    if handler is None:
-                        out[:] = 0
-                    else:
-                        handler(mic, out, status)
-                    self._write(out, out_ptr)
-                fill -= p
-                if fill:
-                    cap[:fill] = cap[p : p + fill]
-                self._cap_fill = fill
-            iterate(ml, 0, None)  # the writes leave now
-            if self._await_write:  # a hangup waited for this write (``_defer``)
-                self._await_write = False
+            if not self._period(session):
                 return
-            if due is not None:
-                late = monotonic() - due - WAKE_SLACK
-                if late > self.late_max:
-                    self.late_max = late
-            if self._underflowed:
-                self._refill()
-            self._due = (now if due is None else due) + period_s - WAKE_CREEP
-            if now - self._last_ok > self.gap_max:
-                self.gap_max = now - self._last_ok
-            self._last_ok = now
 
-    def _overrun(self, fill: int, n: int) -> tuple[int, int]:
-        """``n`` more frames do not fit in ``_cap`` (the thread is a second behind): keep
-        the newest; the handler is told (``INPUT_OVERFLOW``). Returns the new fill and
-        how many of the ``n`` to take."""
-        n = min(n, CAPTURE_FRAMES)
-        keep = min(fill, CAPTURE_FRAMES - n)
-        self._cap[:keep] = self._cap[fill - keep : fill]
-        self._status |= INPUT_OVERFLOW
-        return keep, n
+    def _period(self, session: int) -> bool:
+        """Serve the whole periods in ``_cap`` that ``run_periods`` left to Python (the
+        call's first, flags for the handler, a deferred hangup, an underrun); False
+        when ``_call`` must return."""
+        p = self.period_frames
+        cap, mic, out = self._cap, self._cap_head, self._out
+        due, now = self._due, float(self._state.woke)
+        fill = self._cap_fill
+        while fill >= p:
+            status = self._status
+            self._status = 0
+            with self._io:
+                if not self._active or session != self._session or (
+                        self._pending is not None and not self._await_write):
+                    return False
+                if self._need_prime:
+                    self._prime_playback()
+                handler = self._handler
+                if handler is None:
+                    out[:] = 0
+                else:
+                    handler(mic, out, status)
+                self._write(out, self._out_ptr)
+            fill -= p
+            if fill:
+                cap[:fill] = cap[p : p + fill]
+            self._cap_fill = fill
+        self._fa.pa_mainloop_iterate(self._ml, 0, None)  # the writes leave now
+        if self._await_write:  # a hangup waited for this write (``_defer``)
+            self._await_write = False
+            return False
+        if due is not None:
+            late = time.monotonic() - due - WAKE_SLACK
+            if late > self.late_max:
+                self.late_max = late
+        if self._underflowed:
+            self._refill()
+        self._due = (now if due is None else due) + p / self.rate - WAKE_CREEP
+        if now - self._last_ok > self.gap_max:
+            self.gap_max = now - self._last_ok
+        self._last_ok = now
+        return True
 
     def _realtime(self) -> None:
         """Ask for ``SCHED_RR`` for this thread: the period's work then preempts whatever

@@ -181,13 +181,16 @@ def test_hangups_while_sounding_end_at_the_port_without_a_click(
     with running(tmp_path, jack_server) as proc:
         ring = AudioRing.attach(proc.ring_prefix + "-play")
         try:
-            for i in range(25):  # steady tone, hung up at spread-out phases
+            # Steady tone, hung up at spread-out phases. A hangup the observer's
+            # recording spliced is redone; a loaded CI machine made it skip frames in 6
+            # of 25 (a run of the whole suite, 2026-12-03), so up to 20 redos.
+            for i in range(40):
                 got = hangup_once(proc, ring, observer, steady, 0.08 + 0.0137 * i)
                 if got is not None:
                     results.append(("tone", got))
                 if len(results) == 20:
                     break
-            assert len(results) == 20, "5 redos at most (the observer skipped JACK frames)"
+            assert len(results) == 20, "20 redos at most (the observer skipped JACK frames)"
             attempts = 0
             speech_done = 0
             while speech_done < 6 and attempts < 30:

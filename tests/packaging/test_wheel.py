@@ -17,14 +17,18 @@ def test_the_wheel_installs_callctl_alone(tmp_path: Path) -> None:
     source = tmp_path / "source"
     shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
         ".git", ".venv", ".venv-*", "build", "*.egg-info", "__pycache__", ".*_cache",
-        "results"))
+        "results", "*.so"))
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(source),
                            "-w", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     (wheel,) = tmp_path.glob("callctl-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert {n.split("/")[0] for n in names} == {"callctl", wheel.name.split("-py")[0]
-                                                + ".dist-info"}
+    name, version = wheel.name.split("-")[:2]
+    assert {n.split("/")[0] for n in names} == {"callctl", f"{name}-{version}.dist-info"}
+    # The one compiled part (the native PulseAudio backend's period loop), with its stub.
+    assert [n for n in names if n.startswith("callctl/engine/devices/_pulse_period.")
+            and n.endswith(".so")], names
+    assert "callctl/engine/devices/_pulse_period.pyi" in names
     for package in ("engine", "controller", "gui", "cli"):
         assert f"callctl/{package}/__init__.py" in names, package
     assert "callctl/engine/agent_server/default_script.toml" in names, "package data"
