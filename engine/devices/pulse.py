@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import shutil
 import subprocess
 import threading
@@ -485,7 +486,8 @@ class PulseDevice:
         """The handler's ``mic``: the period at the head of ``_cap``."""
         self._history = np.zeros(HISTORY_FRAMES, np.int16)
         self._kick_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        """Written by ``_kick``: it ends the C period wait (``PeriodState.kick_fd``)."""
+        """Written by ``_kick``: it ends the audio thread's own sleeps, the C period wait
+        (``PeriodState.kick_fd``) and ``_sleep``."""
         self._state = PeriodState.for_device(self._fa, self._cap, self._history,
                                              self.period_frames, self.rate, self._kick_fd,
                                              WAKE_SLACK, WAKE_CREEP)
@@ -544,9 +546,6 @@ class PulseDevice:
         """The audio thread's scheduling: "SCHED_RR/10", or why it stayed normal."""
         self._failed: deque[float] = deque(maxlen=MAX_FAILED_REOPENS)
         self._last_ok = time.monotonic()
-        self._sleeper = threading.Lock()
-        self._sleeper.acquire()
-        """Held by the audio thread; it sleeps in ``acquire(timeout)``, ``_kick`` releases it."""
         self._due = None
         self._need_prime = True
         self._underflowed = False
@@ -685,15 +684,20 @@ class PulseDevice:
     def _kick(self) -> None:
         """Wake the audio thread (it re-reads every request)."""
         self._kicks += 1
-        try:
-            self._sleeper.release()
-        except RuntimeError:  # already released, not yet taken back: the thread is awake
-            pass
         if self._kick_fd >= 0:
             os.eventfd_write(self._kick_fd, 1)
         ml = self._ml
         if ml is not None:
             self._pa.pa_mainloop_wakeup(ml)
+
+    def _sleep(self, timeout: float) -> None:
+        """Sleep at most ``timeout`` s with no connection to poll; a kick ends it, as it
+        ends the C period wait (audio thread)."""
+        if select.select([self._kick_fd], [], [], timeout)[0]:
+            try:
+                os.eventfd_read(self._kick_fd)
+            except BlockingIOError:  # another reader took it: nothing to drain
+                pass
 
     def _ask(self, kind: str, timeout: float,
              ask_handler: Callable[[], object] | None = None) -> float | None:
@@ -975,7 +979,7 @@ class PulseDevice:
             if not self._healthy():
                 self._close_link()
         elif self._kicks == self._kicks_seen:
-            self._sleeper.acquire(timeout=IDLE_WAIT)
+            self._sleep(IDLE_WAIT)
 
     def _call(self, session: int) -> None:
         """A call's periods, until a request needs the outer loop (audio thread).
@@ -1028,7 +1032,7 @@ class PulseDevice:
         when ``_call`` must return."""
         p = self.period_frames
         cap, mic, out = self._cap, self._cap_head, self._out
-        due, now = self._due, float(self._state.woke)
+        due, now = float(self._state.due), float(self._state.woke)
         fill = self._cap_fill
         while fill >= p:
             status = self._status
@@ -1053,16 +1057,9 @@ class PulseDevice:
         if self._await_write:  # a hangup waited for this write (``_defer``)
             self._await_write = False
             return False
-        if due is not None:
-            late = time.monotonic() - due - WAKE_SLACK
-            if late > self.late_max:
-                self.late_max = late
+        self._c.finish_period(self._st, due, now)  # as run_periods does after its own
         if self._underflowed:
             self._refill()
-        self._due = (now if due is None else due) + p / self.rate - WAKE_CREEP
-        if now - self._last_ok > self.gap_max:
-            self.gap_max = now - self._last_ok
-        self._last_ok = now
         return True
 
     def _realtime(self) -> None:
@@ -1342,7 +1339,7 @@ class PulseDevice:
                     self.lost = True
                     return
             if self._kicks == self._kicks_seen:
-                self._sleeper.acquire(timeout=RETRY_INTERVAL)
+                self._sleep(RETRY_INTERVAL)
         if self._play is None:
             return
         entry["reopened"] = True

@@ -171,12 +171,45 @@ static int write_out(PeriodState *s, const int16_t *samples, int64_t frames, int
     return READY;
 }
 
+/* After a period's write: how late it left, the next period's due (moved earlier by
+ * wake_creep, so that a wake-up now and then comes before the data and waits for it:
+ * that arrival re-locks the schedule to the server's clock), the longest gap.
+ * due: this period's due as it was before the period (< 0: none); now: its wake-up. */
+static void finish_period(PeriodState *s, double due, double now)
+{
+    if (due >= 0) {
+        double late = monotonic() - due - s->wake_slack;
+        if (late > s->late_max)
+            s->late_max = late;
+    }
+    s->due = (due < 0 ? now : due) + s->period_s - s->wake_creep;
+    if (now - s->last_ok > s->gap_max)
+        s->gap_max = now - s->last_ok;
+    s->last_ok = now;
+}
+
 static void *state_of(PyObject *address)
 {
     void *s = PyLong_AsVoidPtr(address);
     if (s == NULL && !PyErr_Occurred())
         PyErr_SetString(PyExc_ValueError, "a PeriodState address, not 0");
     return s;
+}
+
+static PyObject *py_finish_period(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "finish_period(state, due, woke)");
+        return NULL;
+    }
+    PeriodState *s = state_of(args[0]);
+    if (s == NULL)
+        return NULL;
+    double due = PyFloat_AsDouble(args[1]), now = PyFloat_AsDouble(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    finish_period(s, due, now);
+    Py_RETURN_NONE;
 }
 
 static PyObject *py_pull(PyObject *module, PyObject *address)
@@ -295,15 +328,7 @@ static PyObject *py_run_periods(PyObject *module, PyObject *const *args, Py_ssiz
         if (rc != READY)
             break;
         iterate(s->mainloop, 0, NULL);  /* the writes leave now */
-        if (due >= 0) {
-            double late = monotonic() - due - s->wake_slack;
-            if (late > s->late_max)
-                s->late_max = late;
-        }
-        s->due = (due < 0 ? now : due) + s->period_s - s->wake_creep;
-        if (now - s->last_ok > s->gap_max)
-            s->gap_max = now - s->last_ok;
-        s->last_ok = now;
+        finish_period(s, due, now);
         if (s->underflowed) {
             rc = REFILL;
             break;
@@ -320,6 +345,9 @@ static PyMethodDef methods[] = {
      "run_periods(state, session, handler, mic, out, out_address, acquire, release) -> "
      "KICKED, SHORT, PERIOD, STOPPED, REFILL, READ_FAILED or WRITE_FAILED: a call's "
      "ordinary periods, until one needs Python; the handler's exception propagates."},
+    {"finish_period", (PyCFunction)(void (*)(void))py_finish_period, METH_FASTCALL,
+     "finish_period(state, due, woke): after a period served in Python, the schedule's "
+     "bookkeeping run_periods does after its own (late_max, due, gap_max, last_ok)."},
     {"pull", py_pull, METH_O,
      "pull(state) -> READY or READ_FAILED: the microphone into state.capture, no wait."},
     {"write", (PyCFunction)(void (*)(void))py_write, METH_FASTCALL,
