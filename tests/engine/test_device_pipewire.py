@@ -53,7 +53,7 @@ blocks behind the read index, not one), and a fresh-clone CI run had one hangup 
 end at -7.2 dB with no step larger than the tone's own (its first, at 440 Hz), while 110
 judged hangups in 11 runs on this rig (5 of them with a third process spinning a core)
 all ended at -30.3 dB or lower. Each was written in time by the server's own account
-(``PulseDevice._applied_after``) and whole on the observer's side, while PipeWire's pulse
+(``PulseDevice._after_write``) and whole on the observer's side, while PipeWire's pulse
 server reported the sink holding nothing (``sink_ms`` 0.0) in every hangup. The cause is
 not found; the PulseAudio tests, and the benchmark, allow none."""
 GRAPH_HEALTH_WAIT = 20.0

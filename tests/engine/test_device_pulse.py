@@ -79,7 +79,7 @@ more fails the test."""
 class LateWrite(Exception):
     """A fade played with a step, and the engine says the server may have applied its
     write after the sink took the first sample it changed (``fade["late"]``,
-    ``PulseDevice._applied_after``): the audio thread or the server was held up (a
+    ``PulseDevice._after_write``): the audio thread or the server was held up (a
     fresh-clone CI run saw a write leave 7.8 ms after the server's timing, with 2.4 ms
     to spare; a local run, a server that took over 3.9 ms to apply one). The engine
     told the truth and counted it; the test redoes it, a bounded number of times. A
