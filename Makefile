@@ -32,7 +32,7 @@ system:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: setup.cfg setup.py pyproject.toml engine/devices/pulse_period.c | system
+$(VENV)/.installed: setup.cfg setup.py pyproject.toml engine/devices/pulse_period.c engine/echo_batch.c | system
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,gui,bench]'

@@ -61,6 +61,11 @@ _untracked = threading.Lock()
 SAMPLE_RATE = 16_000
 """Rate of every ring, in frames per second (the agent's rate)."""
 
+CAPTURE_CHUNK_FRAMES = SAMPLE_RATE // 10
+"""The agent takes the capture ring in chunks of this many frames (100 ms;
+``engine.ring_audio``); the echo canceller on the device's thread writes it in batches
+of the same size (``engine.echo.InlineEcho``), so a chunk is whole the moment a batch is."""
+
 
 class AudioRing:
     """A shared-memory SPSC ring of int16 mono frames. See the module docstring."""

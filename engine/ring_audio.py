@@ -35,9 +35,9 @@ from collections.abc import Callable
 import numpy as np
 from elevenlabs.conversational_ai.conversation import AudioInterface
 
-from callctl.engine.ring import SAMPLE_RATE, AudioRing
+from callctl.engine.ring import CAPTURE_CHUNK_FRAMES, SAMPLE_RATE, AudioRing
 
-INPUT_CHUNK_FRAMES = SAMPLE_RATE // 10
+INPUT_CHUNK_FRAMES = CAPTURE_CHUNK_FRAMES
 FEED_INTERVAL = 0.010
 """How often the feeder tops up the ring from ``pending``, seconds."""
 THREAD_JOIN_TIMEOUT = 1.0

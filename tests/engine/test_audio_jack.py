@@ -283,7 +283,7 @@ def test_audio_process_cpu_on_jack(tmp_path: Path, jack_server: JackServer,
             ring.write(tone(1.0))  # then silence: the echo canceller runs on both
             time.sleep(1.0)  # settle after start-up
             cpu0, t0 = _cpu_seconds(proc.pid), time.monotonic()
-            time.sleep(10.0)
+            time.sleep(4.0)
             cpu1, t1 = _cpu_seconds(proc.pid), time.monotonic()
             status = proc.request({"cmd": "status"})
         finally:

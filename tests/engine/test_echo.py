@@ -29,8 +29,8 @@ from bench.echo import (
 from callctl.engine.agent_server.voice import Voice
 from callctl.engine.audio_child import AudioProcess
 from callctl.engine.devices.virtual import EchoPath
-from callctl.engine.echo import FRAME, EchoCanceller, EchoThread, InlineEcho
-from callctl.engine.ring import AudioRing
+from callctl.engine.echo import FRAME, EchoCanceller, EchoThread, InlineEcho, _DirectApm
+from callctl.engine.ring import CAPTURE_CHUNK_FRAMES, AudioRing
 from callctl.engine.wavfile import read_wav
 
 RATE = 16_000
@@ -166,6 +166,73 @@ def test_inline_echo_cancels_in_batches_on_the_callers_thread() -> None:
     assert len(out) == whole, "every whole batch, and nothing else"
     assert stats["frames"] == whole // FRAME and stats["error"] is None
     assert erle_db(mic[RATE:whole], out[RATE:]) >= 20
+
+
+def test_frames_in_c_are_the_frames_in_python_bit_for_bit(
+        dialogue: tuple[np.ndarray, np.ndarray, int, int]) -> None:
+    """``cancel_frames`` runs the frames in C (``engine/echo_batch.c``, built with the
+    package); the same frames one at a time through ``process`` give the same samples."""
+    far, near, _, _ = dialogue
+    mic, _ = EchoPath(0.06, -6, 3400, RATE, FRAME).run(far, near)
+    n = 3 * RATE // (10 * FRAME) * 10 * FRAME  # 3 s of whole 10-frame batches
+    one_by_one = EchoCanceller(noise_suppression=True).process_signal(mic[:n], far[:n])
+    in_c = EchoCanceller(noise_suppression=True)
+    assert in_c._direct is not None and in_c._direct.batch is not None, "built without C"
+    out = np.zeros(n, np.int16)
+    cpu_us = np.zeros(64, np.float64)
+    for start in range(0, n, 10 * FRAME):
+        part = slice(start, start + 10 * FRAME)
+        in_c.cancel_frames(mic[part], far[part], out[part], cpu_us, start // FRAME)
+    assert np.array_equal(out, one_by_one)
+    assert (cpu_us > 0).all(), "every frame's time is kept"
+
+
+def test_a_failing_canceller_leaves_the_microphone_uncancelled_and_says_why() -> None:
+    """A reply from LiveKit's FFI that is not "done" (here: an APM handle it does not
+    know) raises from C; ``InlineEcho`` then passes the microphone through, the call goes
+    on, and ``stats`` says why."""
+    canceller = EchoCanceller()
+
+    class Handle:
+        handle = 987_654_321
+
+    class UnknownApm:
+        _ffi_handle = Handle()
+
+    canceller._direct = _DirectApm.build(UnknownApm(), canceller._far_bytes,
+                                         canceller._near_bytes, 0)
+    assert canceller._direct is not None and canceller._direct.batch is not None
+    mic = (np.arange(CAPTURE_CHUNK_FRAMES) % 200 - 100).astype(np.int16)
+    with AudioRing.create(1 << 14) as capture:
+        inline = InlineEcho(capture, canceller)
+        with pytest.raises(RuntimeError, match="apm_process_reverse_stream"):
+            canceller.cancel_frames(mic, mic, np.zeros_like(mic), np.zeros(8), 0)
+        inline.feed(mic, mic)
+        inline.feed(mic, mic)
+        out = np.zeros(capture.available(), np.int16)
+        capture.read_into(out)
+        stats = inline.stats()
+    assert np.array_equal(out, np.concatenate([mic, mic]))
+    assert stats["error"].startswith("echo cancellation stopped") and stats["frames"] == 0
+
+
+def test_the_agent_takes_whole_chunks_the_moment_a_batch_is_written() -> None:
+    """At 20 ms periods, the capture ring only ever holds whole agent chunks
+    (``CAPTURE_CHUNK_FRAMES``), before and after the agent's flush at its start: its
+    100 ms chunks end where the canceller's batches end, so batching adds no wait."""
+    period = 2 * FRAME
+    noise = np.random.default_rng(1).integers(-3000, 3000, 40 * period).astype(np.int16)
+    with AudioRing.create(1 << 15) as capture:
+        inline = InlineEcho(capture, EchoCanceller())
+        seen = set()
+        for k in range(40):
+            if k == 13:
+                capture.flush()  # the agent starts, mid-batch
+            inline.feed(noise[k * period : (k + 1) * period], noise[:period])
+            seen.add(capture.available() % CAPTURE_CHUNK_FRAMES)
+            if k == 4:
+                assert capture.available() == CAPTURE_CHUNK_FRAMES, "a chunk after 100 ms"
+    assert seen == {0}, seen
 
 
 # -- the audio process on the virtual device ------------------------------------------------

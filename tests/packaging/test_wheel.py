@@ -25,10 +25,11 @@ def test_the_wheel_installs_callctl_alone(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     name, version = wheel.name.split("-")[:2]
     assert {n.split("/")[0] for n in names} == {"callctl", f"{name}-{version}.dist-info"}
-    # The one compiled part (the native PulseAudio backend's period loop), with its stub.
-    assert [n for n in names if n.startswith("callctl/engine/devices/_pulse_period.")
-            and n.endswith(".so")], names
-    assert "callctl/engine/devices/_pulse_period.pyi" in names
+    # The compiled parts (the native PulseAudio backend's period loop, the echo
+    # canceller's frames), each with its stub.
+    for module in ("callctl/engine/devices/_pulse_period", "callctl/engine/_echo_batch"):
+        assert [n for n in names if n.startswith(module + ".") and n.endswith(".so")], names
+        assert module + ".pyi" in names, names
     for package in ("engine", "controller", "gui", "cli"):
         assert f"callctl/{package}/__init__.py" in names, package
     assert "callctl/engine/agent_server/default_script.toml" in names, "package data"
