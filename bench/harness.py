@@ -10,6 +10,7 @@ from the engine's own report.
 from __future__ import annotations
 
 import multiprocessing as mp
+import multiprocessing.connection
 import os
 import statistics
 import time
@@ -27,6 +28,57 @@ def summarise(values: list[float]) -> dict[str, float | int | None]:
     return {"n": len(values), "median": round(statistics.median(ordered), 2),
             "p90": round(pct(90), 2), "p99": round(pct(99), 2), "max": round(ordered[-1], 2),
             "mean": round(statistics.fmean(ordered), 2)}
+
+
+STALL_SLEEP_S = 0.001
+"""How long ``StallWatch``'s thread sleeps at a time."""
+STALL_REPORT_S = 0.005
+"""An oversleep at least this long is a stall ``StallWatch`` records."""
+
+
+def _watch_stalls(stop_at: float, out: mp.connection.Connection) -> None:
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(50))
+        scheduling = "SCHED_FIFO/50"
+    except (PermissionError, OSError, AttributeError) as exc:
+        scheduling = f"normal ({exc.__class__.__name__})"
+    stalls: list[tuple[float, float]] = []
+    prev = time.monotonic()
+    while prev < stop_at and not out.poll():
+        time.sleep(STALL_SLEEP_S)
+        now = time.monotonic()
+        if now - prev >= STALL_REPORT_S:
+            stalls.append((prev, now - prev))
+        prev = now
+    out.send((scheduling, stalls))
+
+
+class StallWatch:
+    """A process of its own whose one thread, at real-time priority (``SCHED_FIFO/50``
+    when allowed), sleeps ``STALL_SLEEP_S`` at a time and records every time it woke
+    ``STALL_REPORT_S`` or more after it went to sleep: when, and how long it slept.
+
+    Busy processes at normal priority cannot hold such a thread up, so its stalls are
+    the machine's own (a virtual machine's host not running it, or the kernel): what
+    no client's schedule can avoid. ``stop()`` returns the scheduling it got and the
+    stalls, ``(start, seconds)`` on the machine's monotonic clock."""
+
+    def __init__(self, seconds: float = 900) -> None:
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_watch_stalls,
+                                 args=(time.monotonic() + seconds, child), daemon=True)
+        self._proc.start()
+
+    def stop(self) -> tuple[str, list[tuple[float, float]]]:
+        self._conn.send("stop")
+        got: tuple[str, list[tuple[float, float]]] = ("not answered", [])
+        if self._conn.poll(10):
+            got = self._conn.recv()
+        self._proc.join(5)
+        if self._proc.is_alive():
+            self._proc.kill()
+        return got
 
 
 def _spin(stop_at: float) -> None:

@@ -228,6 +228,20 @@ def markdown(summary: dict[str, Any], plot_names: list[str]) -> str:
                 f"two periods: {dev.get('wake_gap_max_ms')} ms; period "
                 f"{dev.get('period_frames')} frames.",
             ]
+        stalls = long.get("machine_stalls")
+        if stalls:
+            near = ", ".join("none" if m is None else str(m)
+                             for m in stalls["stall_before_each_underrun_ms"]) or "no underruns"
+            lines += [
+                "",
+                f"The machine's own stalls meanwhile (`bench.harness.StallWatch`: a thread "
+                f"of another process at {stalls['watcher']} that sleeps 1 ms at a time, "
+                f"which busy processes cannot hold up): {stalls['count']} wake-ups 5 ms or "
+                f"more late, {stalls['over_20_ms']} of them 20 ms or more, the longest "
+                f"{stalls['longest_ms']} ms. The longest stall that ended in the 0.2 s "
+                f"before each device underrun, ms (none: no stall): "
+                f"{near}.",
+            ]
     gui = summary.get("gui_stall_ms")
     if gui:
         lines += ["", f"GUI: the longest event-loop stall from the Hang up press to Ready: "

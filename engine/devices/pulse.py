@@ -132,6 +132,8 @@ iterations: with a large ``minreq`` the server sends one every 50 ms, not one a 
 ``tlength`` is then the sink latency plus twice this (see ``PulseDevice._open``)."""
 RETRY_INTERVAL = 0.05
 """Seconds between attempts to reopen lost streams."""
+UNDERRUN_LOG = 8
+"""Underruns ``PulseDevice.underrun_log`` keeps (the last)."""
 REOPEN_WINDOW = 1.0
 """Seconds of unsuccessful attempts that count as one failed reopen."""
 MAX_FAILED_REOPENS = 3
@@ -537,6 +539,11 @@ class PulseDevice:
         """One entry per loss: ``at``, ``error``, ``gap_ms``, ``reopened`` (bool)."""
         self.underruns = 0
         """Times the server reported the playback stream ran dry (during calls)."""
+        self.underrun_log: deque[dict[str, float | None]] = deque(maxlen=UNDERRUN_LOG)
+        """The last underruns, what the audio thread knew then: ``at`` (when it heard,
+        ``time.monotonic()``, the machine's clock); ``since_period_ms``, how
+        long since it served a period; ``due_in_ms``, until the next period's microphone
+        was due (negative: overdue); ``late_max_ms``, the latest write so far."""
         self.refills = 0
         """Periods after which the queue was found nearly dry and topped up with silence."""
         self.late_fades = 0
@@ -677,6 +684,7 @@ class PulseDevice:
         reported underruns, the audio thread's scheduling. Any thread."""
         return {"reopens": list(self.reopens), "last_device_error": self.last_error,
                 "lost": self.lost, "device_underruns": self.underruns,
+                "underrun_log": list(self.underrun_log),
                 "device_refills": self.refills, "late_fades": self.late_fades,
                 "realtime": self.realtime,
                 "queue_ms": round(self.prime_frames * 1000 / self.rate, 1),
@@ -893,6 +901,13 @@ class PulseDevice:
         if self._active and not self._need_prime:
             self.underruns += 1
             self._underflowed = True
+            now = time.monotonic()
+            due = self._due
+            self.underrun_log.append({
+                "at": round(now, 4),
+                "since_period_ms": round((now - self._last_ok) * 1000, 2),
+                "due_in_ms": None if due is None else round((due - now) * 1000, 2),
+                "late_max_ms": round(self.late_max * 1000, 2)})
 
     def _calibrate(self) -> tuple[float, float]:
         """Run silence for a dozen periods; the server's latencies right after a write/read.

@@ -9,6 +9,8 @@ silence time follow the definitions in ``testing.measure`` (and
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -66,6 +68,32 @@ def test_status_names_the_backend_and_the_server_latency(tmp_path: Path,
         status = proc.request({"cmd": "status"})
         assert status["period_frames"] == RATE // 50, status
         assert status["queue_ms"] == 20 + 1000 * pulse_device.QUEUE_SLACK_SECONDS, status
+    finally:
+        proc.stop()
+
+
+def test_an_underrun_is_counted_and_logged_with_what_the_audio_thread_knew(
+        tmp_path: Path, pulse: PulseServer) -> None:
+    """The audio process stopped for 150 ms in a call (SIGSTOP: as a machine that holds it
+    up): the server's queue runs dry, the underrun is counted, and its log entry says the
+    audio thread had served no period for that long: the audio side was late, not the
+    server."""
+    proc = spawn(tmp_path, pulse, "--no-aec")
+    try:
+        assert proc.request({"cmd": "start"})["ok"]
+        time.sleep(0.5)
+        before = time.monotonic()
+        os.kill(proc.pid, signal.SIGSTOP)
+        time.sleep(0.15)
+        os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(0.3)
+        status = proc.request({"cmd": "status"})
+        assert status["state"] == "running" and status["reopens"] == [], status
+        assert status["device_underruns"] >= 1, status
+        first = status["underrun_log"][0]
+        assert before < first["at"] < time.monotonic(), first
+        assert first["since_period_ms"] >= 100, first
+        assert len(status["underrun_log"]) == status["device_underruns"], status
     finally:
         proc.stop()
 
