@@ -14,6 +14,7 @@ import multiprocessing.connection
 import os
 import statistics
 import time
+from pathlib import Path
 
 
 def summarise(values: list[float]) -> dict[str, float | int | None]:
@@ -34,23 +35,65 @@ STALL_SLEEP_S = 0.001
 """How long ``StallWatch``'s thread sleeps at a time."""
 STALL_REPORT_S = 0.005
 """An oversleep at least this long is a stall ``StallWatch`` records."""
+RUN_DELAY_EVERY = 4
+"""``StallWatch`` reads the watched process's threads' run delay every this many sleeps."""
+RUN_DELAY_REPORT_S = 0.002
+"""Run delay gathered between two readings that ``StallWatch`` records, at least (s)."""
 
 
-def _watch_stalls(stop_at: float, out: mp.connection.Connection) -> None:
+STEAL = "(steal)"
+"""The name ``_thread_delays`` gives the virtual machine's stolen time, per CPU."""
+
+
+def _thread_delays(pid: int) -> dict[str, float]:
+    """Seconds each thread of ``pid`` has waited, runnable, for a CPU since it started
+    (``/proc/PID/task/TID/schedstat``, second field), keyed ``comm/tid``; and each CPU's
+    stolen time, the time its host did not run it (``/proc/stat``, in 10 ms ticks),
+    keyed ``(steal)/cpuN``."""
+    delays: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for line in Path("/proc/stat").read_text().splitlines():
+        fields = line.split()
+        if fields[0].startswith("cpu") and fields[0] != "cpu" and len(fields) > 8:
+            delays[f"{STEAL}/{fields[0]}"] = int(fields[8]) / tick
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return delays
+    for task in tasks:
+        try:
+            name = (task / "comm").read_text().strip()
+            delays[f"{name}/{task.name}"] = int((task / "schedstat").read_text().split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            continue
+    return delays
+
+
+def _watch_stalls(stop_at: float, out: mp.connection.Connection, watch_pid: int | None) -> None:
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(50))
         scheduling = "SCHED_FIFO/50"
     except (PermissionError, OSError, AttributeError) as exc:
         scheduling = f"normal ({exc.__class__.__name__})"
     stalls: list[tuple[float, float]] = []
+    waits: list[tuple[float, str, float]] = []
+    delays = _thread_delays(watch_pid) if watch_pid else {}
     prev = time.monotonic()
+    n = 0
     while prev < stop_at and not out.poll():
         time.sleep(STALL_SLEEP_S)
         now = time.monotonic()
         if now - prev >= STALL_REPORT_S:
             stalls.append((prev, now - prev))
         prev = now
-    out.send((scheduling, stalls))
+        n += 1
+        if watch_pid and n % RUN_DELAY_EVERY == 0:
+            fresh = _thread_delays(watch_pid)
+            for thread, delay in fresh.items():
+                if delay - delays.get(thread, delay) >= RUN_DELAY_REPORT_S:
+                    waits.append((now, thread, delay - delays[thread]))
+            delays = fresh
+    out.send((scheduling, stalls, waits))
 
 
 class StallWatch:
@@ -60,19 +103,31 @@ class StallWatch:
 
     Busy processes at normal priority cannot hold such a thread up, so its stalls are
     the machine's own (a virtual machine's host not running it, or the kernel): what
-    no client's schedule can avoid. ``stop()`` returns the scheduling it got and the
-    stalls, ``(start, seconds)`` on the machine's monotonic clock."""
+    no client's schedule can avoid.
 
-    def __init__(self, seconds: float = 900) -> None:
+    With ``watch_pid`` (the sound server's), it also reads that process's threads' run
+    delay (the time each spent runnable but not running, which the kernel keeps) every
+    ``RUN_DELAY_EVERY`` sleeps, and records each thread that gathered
+    ``RUN_DELAY_REPORT_S`` or more between two readings: when the server itself was
+    held up by the busy processes; and likewise each CPU's stolen time (``STEAL``): when
+    the virtual machine's host did not run it.
+
+    ``stop()`` returns the scheduling it got, the stalls, ``(start, seconds)``, and the
+    server's waits, ``(read at, "comm/tid", seconds waited since the reading before)``;
+    times on the machine's monotonic clock."""
+
+    def __init__(self, seconds: float = 900, watch_pid: int | None = None) -> None:
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_watch_stalls,
-                                 args=(time.monotonic() + seconds, child), daemon=True)
+                                 args=(time.monotonic() + seconds, child, watch_pid),
+                                 daemon=True)
         self._proc.start()
 
-    def stop(self) -> tuple[str, list[tuple[float, float]]]:
+    def stop(self) -> tuple[str, list[tuple[float, float]], list[tuple[float, str, float]]]:
         self._conn.send("stop")
-        got: tuple[str, list[tuple[float, float]]] = ("not answered", [])
+        got: tuple[str, list[tuple[float, float]], list[tuple[float, str, float]]] = (
+            "not answered", [], [])
         if self._conn.poll(10):
             got = self._conn.recv()
         self._proc.join(5)

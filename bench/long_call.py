@@ -1,12 +1,17 @@
-"""callctl alone: one long call with every core kept busy (xruns, the audio process's CPU, RSS)."""
+"""callctl alone: one long call with every core kept busy (xruns, the audio process's CPU, RSS).
+
+``python -m bench.long_call [--seconds S]`` runs it by itself and prints the result (JSON);
+``make bench`` runs it for 600 s among the rest."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import CpuLoad, StallWatch
+from bench.harness import STEAL, CpuLoad, StallWatch
 from bench.procedure import cpu_seconds
 from testing.served import ServedController
 
@@ -26,7 +31,7 @@ def long_call(seconds: float) -> dict[str, Any]:
     own stalls meanwhile (``StallWatch``), to set beside the device's underruns."""
     rig = ServedController.on_pulse()
     load = CpuLoad(seconds=seconds + 60)
-    watch = StallWatch(seconds + 60)
+    watch = StallWatch(seconds + 60, watch_pid=rig.pulse.pid)
     try:
         if not rig.request({"cmd": "call"})["ok"]:
             raise RuntimeError("the long call was refused")
@@ -42,7 +47,7 @@ def long_call(seconds: float) -> dict[str, Any]:
         rig.request({"cmd": "hangup"})
         rig.wait_event("call.ended", 5)
     finally:
-        scheduling, stalls = watch.stop()
+        scheduling, stalls, waits = watch.stop()
         load.stop()
         rig.close()
     underruns = audio.get("underrun_log") or []
@@ -52,9 +57,10 @@ def long_call(seconds: float) -> dict[str, Any]:
             "device_status": {k: audio.get(k) for k in (
                 "device_underruns", "underrun_log", "device_refills", "late_max_ms",
                 "wake_gap_max_ms",
-                "reopens", "period_frames", "queue_ms") if k in audio},
+                "reopens", "period_frames", "queue_ms", "queue_grown_ms") if k in audio},
             "audio_cpu_percent": round(cpu, 2), "audio_rss_mb_max": round(max(rss), 1),
-            "machine_stalls": stall_summary(scheduling, stalls, underruns)}
+            "machine_stalls": stall_summary(scheduling, stalls, underruns),
+            "server_waits": wait_summary(waits, underruns)}
 
 
 def stall_summary(scheduling: str, stalls: list[tuple[float, float]],
@@ -70,3 +76,49 @@ def stall_summary(scheduling: str, stalls: list[tuple[float, float]],
             "over_20_ms": sum(m >= 20 for m in ms),
             "longest_ms": round(ms[-1], 1) if ms else None,
             "stall_before_each_underrun_ms": [near(u["at"]) for u in underruns if "at" in u]}
+
+
+def wait_summary(waits: list[tuple[float, str, float]],
+                 underruns: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sound server's threads held up (``StallWatch``'s waits), and the CPUs' stolen
+    time (``STEAL``): per name, how often 2 ms or more and 5 ms or more gathered between
+    two readings, and the most (ms). For each underrun, over the ``STALL_NEAR_S`` before
+    it was heard: the most any server thread waited in one reading (``thread``, ``ms``;
+    None: none) and each CPU's stolen time in all (``steal_ms``, by CPU)."""
+    per: dict[str, list[float]] = {}
+    for _, name, waited in waits:
+        per.setdefault(name.split("/")[0], []).append(waited * 1000)
+
+    def near(at: float) -> dict[str, Any]:
+        close = [(w, n) for r, n, w in waits if at - STALL_NEAR_S <= r <= at + 0.005]
+        held = [(w, n) for w, n in close if not n.startswith(STEAL)]
+        steal: dict[str, float] = {}
+        for w, n in close:
+            if n.startswith(STEAL):
+                cpu = n.split("/")[1]
+                steal[cpu] = round(steal.get(cpu, 0.0) + w * 1000, 1)
+        waited, thread = max(held) if held else (None, None)
+        return {"thread": thread and thread.split("/")[0],
+                "ms": None if waited is None else round(waited * 1000, 1), "steal_ms": steal}
+
+    return {"threads": {name: {"over_2_ms": len(ms), "over_5_ms": sum(m >= 5 for m in ms),
+                               "longest_ms": round(max(ms), 1)} for name, ms in per.items()},
+            "before_each_underrun": [near(u["at"]) for u in underruns if "at" in u]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.long_call",
+        description="One call on a private PulseAudio server with every core kept busy: "
+                    "xruns, the device's account of each underrun, the machine's stalls "
+                    "and the server's waits, the audio process's CPU. Prints JSON.")
+    parser.add_argument("--seconds", type=float, default=600.0,
+                        help="length of the call (default: 600, as make bench)")
+    args = parser.parse_args()
+    if args.seconds <= 0:
+        parser.error("--seconds must be positive")
+    print(json.dumps(long_call(args.seconds), indent=1))
+
+
+if __name__ == "__main__":
+    main()

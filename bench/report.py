@@ -242,6 +242,28 @@ def markdown(summary: dict[str, Any], plot_names: list[str]) -> str:
                 f"before each device underrun, ms (none: no stall): "
                 f"{near}.",
             ]
+        waits = long.get("server_waits")
+        if waits:
+            threads = "; ".join(
+                f"`{name}` {w['over_2_ms']} times 2 ms or more, {w['over_5_ms']} of them 5 ms "
+                f"or more, the most {w['longest_ms']} ms"
+                for name, w in sorted(waits["threads"].items())) or "none"
+            def before_one(b: dict[str, Any]) -> str:
+                held = "no server wait" if b["ms"] is None else f"{b['ms']} ({b['thread']})"
+                stolen = ", ".join(f"{cpu} {ms}" for cpu, ms in sorted(b["steal_ms"].items()))
+                return f"{held}, stolen {stolen or 'none'}"
+
+            before = "; ".join(before_one(b) for b in waits["before_each_underrun"]) \
+                or "no underruns"
+            lines += [
+                "",
+                "The sound server held up meanwhile (the same watcher reads the server's "
+                "threads' run delay, the time runnable but not running, and each CPU's "
+                "stolen time, when the virtual machine's host did not run it, `(steal)`, "
+                f"every 4 ms): {threads}. In the 0.2 s before each device underrun, the "
+                f"most any server thread waited in a reading and each CPU's stolen time, "
+                f"ms: {before}.",
+            ]
     gui = summary.get("gui_stall_ms")
     if gui:
         lines += ["", f"GUI: the longest event-loop stall from the Hang up press to Ready: "

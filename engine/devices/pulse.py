@@ -15,7 +15,9 @@ audio thread sleeps until the period's microphone is due (a timed sleep, not
 ``poll``: the server's packets, two or more a period, do not wake it one by
 one), takes in everything the server sent without waiting, and when a whole
 period is there calls ``handler(mic, out, status)`` and writes ``out`` to the
-playback stream, which is kept ``prime_frames`` deep right after each write.
+playback stream, which is kept ``prime_frames`` deep right after each write as
+a call starts, and grows by ``RIDE_THROUGH_SECONDS`` of silence in the call's
+pauses once it has sounded.
 When the period is not complete yet it waits for the rest in ``poll``, and
 that arrival re-locks the schedule to the server's clock (``WAKE_CREEP``).
 Between calls the record stream is corked (the server records nothing for
@@ -122,6 +124,19 @@ QUEUE_SLACK_SECONDS = 0.010
 (what the sink holds counted): the slack a late wake-up (or a late server) has before
 the speaker runs dry; it also always leaves a full hangup fade behind what the sink
 holds (``PulseDevice._fade``)."""
+RIDE_THROUGH_SECONDS = 0.060
+"""Silence the playback queue grows by during a call, beyond ``QUEUE_SLACK_SECONDS``, so
+that it rides through the test rig's machine stalls. ``python -m bench.long_call`` (10
+minutes, both cores busy) found each device underrun (3, in two runs) right after one:
+41 to 42 ms in which a real-time thread of the sound server (its sink's) waited for a
+CPU, while the real-time thread of another process (``bench.harness.StallWatch``) woke
+41 to 45 ms late; no client could have written meanwhile, and the sink then takes the
+stall's worth of audio at once. The call starts on the short queue, so its first sound
+is not put off: the queue grows in the call's silent periods after that
+(``pulse_period.c``, ``deepen``), by at most a period at a time, so a pause in the
+agent's voice is drawn out, never cut. A hangup or barge-in fades at the read index,
+whatever the depth (``PulseDevice._fade``): this costs the agent's voice latency, not
+the hangup's."""
 SINK_LATENCY = 0.005
 """Seconds of latency the playback stream asks of the sink (its own buffer, on top of the
 stream's queue): what a hangup cannot take back."""
@@ -438,6 +453,10 @@ class PulseDevice:
     """Frames written to the playback stream since it was opened (audio thread)."""
     _active = StateField("active", bool)
     _session = StateField("session")
+    _deepen = StateField("deepen")
+    """Frames of silence still to add to the playback queue this call (``RIDE_THROUGH_SECONDS``)."""
+    _sounded = StateField("sounded", bool)
+    """A period with sound has been written this call: the queue may grow."""
     _need_prime = StateField("need_prime", bool)
     _await_write = StateField("await_write", bool)
     """A hangup was put off until after the next write (``_defer``; audio thread)."""
@@ -462,6 +481,7 @@ class PulseDevice:
         prime_periods: int | None = None,
         fade_seconds: float = 0.006,
         queue_seconds: float | None = None,
+        ride_through_seconds: float = RIDE_THROUGH_SECONDS,
     ) -> None:
         self._pa = _lib()
         self._fa = _fast_lib()
@@ -478,13 +498,17 @@ class PulseDevice:
         if queue_seconds is None:
             queue_seconds = self.period_frames / self.rate + QUEUE_SLACK_SECONDS
         self.prime_frames = max(self.period_frames + 16, round(queue_seconds * self.rate))
-        """Frames queued at the server right after each write (the period written included)."""
+        """Frames queued at the server right after each write (the period written included),
+        as a call starts; it grows by ``ride_frames`` of silence once the call has sounded."""
+        self.ride_frames = max(0, round(ride_through_seconds * self.rate))
+        """Frames of silence the queue grows by in a call (``RIDE_THROUGH_SECONDS``)."""
         self.fade_frames = max(1, round(fade_seconds * self.rate))
         self._handler: PeriodHandler | None = None
         self._mic = np.zeros(self.period_frames, np.int16)
         self._out = np.zeros(self.period_frames, np.int16)
         self._out_ptr = self._out.ctypes.data
-        self._zeros = np.zeros(self.prime_frames + self.period_frames, np.int16)
+        self._zeros = np.zeros(self.prime_frames + self.ride_frames + self.period_frames,
+                               np.int16)
         self._zeros_ptr = self._zeros.ctypes.data
         self._cap = np.zeros(CAPTURE_FRAMES, np.int16)
         self._cap_head = self._cap[: self.period_frames]
@@ -688,6 +712,7 @@ class PulseDevice:
                 "device_refills": self.refills, "late_fades": self.late_fades,
                 "realtime": self.realtime,
                 "queue_ms": round(self.prime_frames * 1000 / self.rate, 1),
+                "queue_grown_ms": round((self.ride_frames - self._deepen) * 1000 / self.rate, 1),
                 "write_latency_ms": round(self.write_latency * 1000, 2),
                 "late_max_ms": round(self.late_max * 1000, 2),
                 "wake_gap_max_ms": round(self.gap_max * 1000, 2)}
@@ -1087,7 +1112,8 @@ class PulseDevice:
 
     def _refill(self) -> None:
         """The server said the playback queue ran dry (the thread or the server was
-        late): top it up with silence to ``prime_frames`` (counting what the sink holds),
+        late): top it up with silence to the depth it had (``prime_frames`` and what it
+        has grown by, ``_deepen``; what the sink holds counted),
         or playback would go on starving period by period; the handler is told
         (``OUTPUT_UNDERFLOW``). The queue may have filled again meanwhile (late
         microphone comes in a burst, and so do the periods written for it): then
@@ -1096,7 +1122,8 @@ class PulseDevice:
         self._status |= OUTPUT_UNDERFLOW
         t = self._timing()
         held = max(0, (t.write_index - t.read_index) // 2) + round(t.sink_s * self.rate)
-        missing = min(self.prime_frames - held, self.prime_frames - self.period_frames)
+        depth = self.prime_frames + self.ride_frames - self._deepen  # grown so far
+        missing = min(depth - held, depth - self.period_frames)
         if missing >= 16:
             self.refills += 1
             with self._io:
@@ -1129,6 +1156,7 @@ class PulseDevice:
             raise self._error("flush")
         pa.pa_operation_unref(op)
         self._write(self._zeros[: self.prime_frames - self.period_frames], self._zeros_ptr)
+        self._deepen, self._sounded = self.ride_frames, False
         self._need_prime = False
         self._underflowed = False
 

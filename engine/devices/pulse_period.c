@@ -58,6 +58,8 @@ typedef struct {
     double late_max;         /* out: the latest a period's write left after its due */
     double gap_max;          /* out: the longest time between two served periods */
     int64_t session;         /* the call the device serves (PulseDevice._session) */
+    int64_t deepen;          /* frames of silence still to add to the playback queue, in
+                                the call's silent periods once it has sounded (deepen) */
     int32_t kick_fd;         /* an eventfd the control thread writes to wake the thread */
     int32_t overrun;         /* out: set when microphone was dropped (capture full) */
     int32_t active;          /* the handler may be called (PulseDevice._active) */
@@ -67,6 +69,7 @@ typedef struct {
     int32_t status;          /* flags for the handler's next call */
     int32_t pending;         /* a fade request waits: served before the handler's next call
                                 (unless it waits for the next write, await_write) */
+    int32_t sounded;         /* a period with sound has been written this call */
 } PeriodState;
 
 enum { READY = 0, KICKED = 1, SHORT = 2, PERIOD = 3, STOPPED = 4, REFILL = 5,
@@ -242,6 +245,28 @@ static PyObject *py_write(PyObject *module, PyObject *const *args, Py_ssize_t na
     return PyLong_FromLong(write_out(s, samples, frames, offset, (int)seek));
 }
 
+/* After a period's write (out_ptr, a period): while the queue is to grow (s->deepen),
+ * a silent period is followed by up to a period more of silence, once the call has
+ * sounded. Silence only: a pause in the agent's voice is drawn out, no sound is moved
+ * against another; the call's first sound, which the caller waits for, is not put off. */
+static int deepen(PeriodState *s, const int16_t *out_ptr)
+{
+    int64_t p = s->period_frames;
+    for (int64_t i = 0; i < p; i++) {
+        if (out_ptr[i]) {
+            s->sounded = 1;
+            return READY;
+        }
+    }
+    if (!s->sounded)
+        return READY;
+    int64_t n = s->deepen < p ? s->deepen : p;
+    int rc = write_out(s, out_ptr, n, 0, 0);  /* out_ptr holds n zeros */
+    if (rc == READY)
+        s->deepen -= n;
+    return rc;
+}
+
 /* One ordinary period's handler call and write, under the device's io lock
  * (acquire, release: its bound methods), as PulseDevice._call does it. */
 static int serve_period(PeriodState *s, int64_t session, PyObject *handler, PyObject *mic,
@@ -263,6 +288,8 @@ static int serve_period(PeriodState *s, int64_t session, PyObject *handler, PyOb
         else {
             Py_DECREF(r);
             rc = write_out(s, out_ptr, s->period_frames, 0, 0);
+            if (rc == READY && s->deepen > 0)
+                rc = deepen(s, out_ptr);
         }
     }
     PyObject *exc_type, *exc_value, *exc_tb;
@@ -375,9 +402,9 @@ PyMODINIT_FUNC PyInit__pulse_period(void)
         FIELD(capture), FIELD(history), FIELD(capture_frames), FIELD(history_frames),
         FIELD(period_frames), FIELD(capture_fill), FIELD(written), FIELD(due),
         FIELD(woke), FIELD(wake_slack), FIELD(wake_creep), FIELD(period_s), FIELD(last_ok),
-        FIELD(late_max), FIELD(gap_max), FIELD(session), FIELD(kick_fd), FIELD(overrun),
+        FIELD(late_max), FIELD(gap_max), FIELD(session), FIELD(deepen), FIELD(kick_fd), FIELD(overrun),
         FIELD(active), FIELD(need_prime), FIELD(await_write), FIELD(underflowed),
-        FIELD(status), FIELD(pending),
+        FIELD(status), FIELD(pending), FIELD(sounded),
     };
     PyObject *layout = PyDict_New();
     if (layout == NULL)

@@ -40,9 +40,10 @@ class PeriodState(ctypes.Structure):
         ("capture_fill", _i64), ("written", _i64),
         ("due", _f64), ("woke", _f64), ("wake_slack", _f64), ("wake_creep", _f64),
         ("period_s", _f64), ("last_ok", _f64), ("late_max", _f64), ("gap_max", _f64),
-        ("session", _i64),
+        ("session", _i64), ("deepen", _i64),
         ("kick_fd", _i32), ("overrun", _i32), ("active", _i32), ("need_prime", _i32),
         ("await_write", _i32), ("underflowed", _i32), ("status", _i32), ("pending", _i32),
+        ("sounded", _i32),
     ]
 
     @classmethod
