@@ -223,8 +223,10 @@ def markdown(summary: dict[str, Any], plot_names: list[str]) -> str:
                 "",
                 f"The device's own account of that call: the server reported the playback "
                 f"stream dry {dev.get('device_underruns')} times; the latest a period's write "
-                f"left after its microphone was due: {dev.get('late_max_ms')} ms (the queue's "
-                f"slack is {dev.get('queue_ms')} ms less the period); the longest time between "
+                f"left after its microphone was due: {dev.get('late_max_ms')} ms (the queue "
+                f"after each write was {dev.get('queue_ms')} ms as the call started and had "
+                f"grown by {dev.get('queue_grown_ms')} ms of silence at its end: its slack is "
+                f"that less the period); the longest time between "
                 f"two periods: {dev.get('wake_gap_max_ms')} ms; period "
                 f"{dev.get('period_frames')} frames.",
             ]
