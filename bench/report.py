@@ -105,7 +105,7 @@ def _row(title: str, s: dict[str, Any], key: str, unit: str = "ms",
     return f"| {title} | {cells} | {verdict(figures, lower_is_better)} |"
 
 
-FADE_KEYS = ("late", "queued_frames", "hold_frames", "fade_frames", "tail_db",
+FADE_KEYS = ("late", "queued_frames", "hold_frames", "fade_frames", "tail_db", "ending_db",
              "left_before_ms", "deferred")
 """What the report shows of callctl's own account of a fade (``PulseDevice.fade_info``)."""
 

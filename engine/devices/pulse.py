@@ -1263,7 +1263,8 @@ class PulseDevice:
             return None
         for _ in range(3):
             planned = time.monotonic()
-            buf, n, tail_frames, tail_db = self._faded_queue(t, q, start, hold, stop)
+            buf, n, tail_frames, tail_db, ending_db = self._faded_queue(t, q, start, hold,
+                                                                         stop)
             # Choosing the fade took time too: when the write would now land after the
             # sink takes the first sample it fades, plan again (which takes as long),
             # holding what the sink may take by the time this write lands.
@@ -1293,6 +1294,7 @@ class PulseDevice:
                           "sent_after_ms": round((sent - t.at) * 1000, 2),
                           "hold_frames": hold, "fade_frames": n, "written_frames": total,
                           "tail_frames": tail_frames, "tail_db": round(tail_db, 1),
+                          "ending_db": round(ending_db, 1) if np.isfinite(ending_db) else None,
                           "rtt_ms": round(t.rtt * 1000, 2),
                           "left_before_ms": round((faded_from - sent) * 1000, 2), "late": late,
                           "reading_off_ms": round((origin - self._origin(t)) * 1000, 2)}
@@ -1344,11 +1346,12 @@ class PulseDevice:
         return max(0, min(blocks * block, q - MIN_FADE_FRAMES))
 
     def _faded_queue(self, t: _Timing, q: int, start: int, hold: int,
-                     stop: bool) -> tuple[np.ndarray, int, int, float]:
+                     stop: bool) -> tuple[np.ndarray, int, int, float, float]:
         """What to write at the read index: ``hold`` frames as they were, the fade
         (``engine.fade.fade_for``) of what follows, then silence (see ``_fade``).
-        Returns the buffer (a view of ``_fade_buf``), the fade's length in frames and
-        its tail (frames, dB)."""
+        Returns the buffer (a view of ``_fade_buf``), the fade's length in frames, its
+        tail (frames, dB) and its last audible millisecond re what was heard (dB,
+        ``fade_for``'s ``ending_db``)."""
         lengths = [f for f in fade_lengths(self.fade_frames) if f <= q - hold] or [q - hold]
         idx = (start + np.arange(hold + max(lengths))) % HISTORY_FRAMES
         ahead = self._history[idx]  # what the queue holds, from the read index
@@ -1364,7 +1367,8 @@ class PulseDevice:
                                    % HISTORY_FRAMES]
         # A shorter fade (the server held less) is a whole curve of its own, not the
         # tail of the long one: that would start below 1, a step in the waveform.
-        gains, tail_frames, tail_db = fade_for(ahead[hold:], before, heard_peak, lengths)
+        gains, tail_frames, tail_db, ending_db = fade_for(ahead[hold:], before, heard_peak,
+                                                          lengths)
         n = len(gains)
         total = max(q, hold + n + self.period_frames) if stop else q
         if total > len(self._fade_buf):
@@ -1373,7 +1377,7 @@ class PulseDevice:
         buf[:hold] = ahead[:hold]
         buf[hold : hold + n] = np.rint(ahead[hold : hold + n] * gains).astype(np.int16)
         buf[hold + n :] = 0
-        return buf, n, tail_frames, tail_db
+        return buf, n, tail_frames, tail_db, ending_db
 
     def _peak_before(self, end: int) -> float:
         """Peak magnitude of the 10 ms written before frame ``end`` (a ``_written`` count)."""

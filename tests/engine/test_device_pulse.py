@@ -171,10 +171,16 @@ def hangups_heard(request: Callable[[dict[str, Any]], dict[str, Any]], ring: Aud
             redos += 1
             continue
         last, click = heard
+        assert observer.first_sound_after(last + 0.001, until=sent + 0.3) is None
+        if click > -20 and reply["fade"]["late"]:
+            # A click the engine flagged (the write may have landed after the sink took
+            # what it changes): as ``LateWrite``, counted and redone, a bounded number of times.
+            print(f"\nhangup {k} not judged: {click:.1f} dB, engine: {reply['fade']}")
+            redos += 1
+            continue
         fades.append(reply["fade"])
         silences.append(last - sent)
         clicks.append(click)
-        assert observer.first_sound_after(last + 0.001, until=sent + 0.3) is None
         # The device's own figure is the observer's, within a few ms.
         assert abs(reply["first_silent_at"] - last) < 0.006, (reply, last)
     assert len(silences) == n, f"{redos} hangups were not judged (see the output)"

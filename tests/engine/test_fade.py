@@ -105,7 +105,7 @@ def test_a_fade_whose_tail_would_fall_between_two_pitch_pulses_is_made_to_end_on
         heard = float(np.abs(before).max())
         tail = tail_for(heard, float(np.abs(ahead[:96]).max()), 96)
         usual.append(ending_db(before, np.rint(ahead[:96] * fade_curve(96, *tail))))
-        gains, _, _ = fade_for(ahead, before, heard, fade_lengths(96))
+        gains, _, _, _ = fade_for(ahead, before, heard, fade_lengths(96))
         assert gains[-1] == 0.0 and 48 <= len(gains) <= 128
         chosen.append(ending_db(before, np.rint(ahead[: len(gains)] * gains)))
     assert max(usual) > -20, "some phase ends in a valley: the test can fail"
@@ -120,7 +120,7 @@ def test_a_voice_that_ends_by_itself_inside_the_fade_is_faded_before_its_end() -
     heard = float(np.abs(before).max())
     tail = tail_for(heard, float(np.abs(ahead[:96]).max()), 96)
     assert ending_db(before, np.rint(ahead[:96] * fade_curve(96, *tail))) > -20
-    gains, _, _ = fade_for(ahead, before, heard, fade_lengths(96))
+    gains, _, _, _ = fade_for(ahead, before, heard, fade_lengths(96))
     assert len(gains) < 96, "shorter: its end is quiet by the time the voice stops"
     assert ending_db(before, np.rint(ahead[: len(gains)] * gains)) <= -20
 
