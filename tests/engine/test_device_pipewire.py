@@ -129,11 +129,19 @@ def test_a_tone_written_to_the_playback_ring_is_heard_at_the_speaker(
         began = mark(observer)
         try:
             for _ in range(WHOLE_TRIES):
+                underruns = proc.request({"cmd": "status"})["device_underruns"]
                 written = time.monotonic()
                 ring.write(sound)
                 assert observer.wait_until(written + 0.8, timeout=5)
                 first = observer.first_sound_after(written)
                 assert first is not None, "the tone reached the speaker"
+                ran_dry = proc.request({"cmd": "status"})["device_underruns"] - underruns
+                if ran_dry:
+                    # The server said the queue ran dry meanwhile (a fresh-clone CI run,
+                    # its host taking CPU: the tone played with a gap, a step): the
+                    # machine, not what was written; play the tone again.
+                    print(f"\nthe server ran dry {ran_dry} times during the tone; again")
+                    continue
                 if observer.whole(first, first + 0.5):
                     break
                 # The recording lost samples (a CI run saw 22 missing, with a splice):
