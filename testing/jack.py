@@ -662,6 +662,29 @@ class JackObserver(TimedObserver):
         steps = (np.diff(frames) % (1 << 32)) - self._cyc_len[: n - 1]
         return int(steps[steps > 0].sum())
 
+    def skipped_between(self, t_start: float, t_end: float) -> int:
+        """Frames skipped just before the recorded cycles that start in ``[t_start,
+        t_end]`` (s, monotonic): a splice in the recording of that span, where the
+        dummy driver jumped ahead after a late wake-up. A measurement over the span
+        is redone when this is not 0; a skip elsewhere does not touch it."""
+        n, _ = self._snapshot()
+        if n < 2:
+            return 0
+        frames = self._cyc_frame[:n]
+        steps = (np.diff(frames) % (1 << 32)) - self._cyc_len[: n - 1]
+        starts = self._to_monotonic(self._cyc_start_us[1:n])
+        inside = (starts >= t_start) & (starts <= t_end) & (steps > 0)
+        return int(steps[inside].sum())
+
+    def latest_between(self, t_start: float, t_end: float) -> float:
+        """The most (s) the observer's callback ran after its cycle's start, over the
+        recorded cycles that start in ``[t_start, t_end]`` (s, monotonic); 0 if none."""
+        n, _ = self._snapshot()
+        starts = self._to_monotonic(self._cyc_start_us[:n])
+        inside = (starts >= t_start) & (starts <= t_end)
+        late = (self._cyc_run_us[:n] - self._cyc_start_us[:n]) / 1e6
+        return float(late[inside].max()) if inside.any() else 0.0
+
     def cycle_lateness(self) -> npt.NDArray[np.float64]:
         """Per recorded cycle, when the observer's callback ran minus the cycle's start (s).
 

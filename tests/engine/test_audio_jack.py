@@ -27,18 +27,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("jack", reason="JACK-Client (PyPI) is needed for the JACK observer")
-
-from callctl.engine.audio_child import AudioProcess, AudioProcessError  # noqa: E402
-from callctl.engine.ring import AudioRing  # noqa: E402
-from testing.audio_rig import start_audio_process  # noqa: E402
-from testing.jack import JackObserver, JackServer  # noqa: E402
-from testing.measure import largest_step, peak  # noqa: E402
-from testing.sounds import RATE, tone  # noqa: E402
+from callctl.engine.audio_child import AudioProcess, AudioProcessError
+from callctl.engine.ring import AudioRing
+from testing.audio_rig import start_audio_process
+from testing.jack import JackObserver, JackServer
+from testing.measure import largest_step, peak
+from testing.sounds import RATE, tone
 
 PERIOD = 160
 JACK_DEVICE = "system"  # PortAudio's name for the JACK server's physical ports
 SOUND = 33  # |x| above this is sound (-60 dBFS)
+SKIP_MARGIN_S = 0.08
+"""Cycles that start this long before a measured span can hold its samples: JACK's 20 ms
+of playback latency, PortAudio's period, and the 40 ms of waveform a step is looked for in."""
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -130,10 +131,9 @@ def hangup_once(proc: AudioProcess, ring: AudioRing, observer: JackObserver,
                 sound: np.ndarray, delay: float) -> dict[str, float] | None:
     """One call: play ``sound``, hang up ``delay`` s after the observer first heard
     it, measure the ending at the port. None if it was not sounding at the hangup
-    (a pause in speech), or if the observer skipped JACK frames meanwhile (its
-    recording has a splice of its own there; a fresh-clone CI run had one): redo,
-    never count."""
-    skipped = observer.skipped_frames
+    (a pause in speech), or if the observer skipped JACK frames in the span measured
+    (its recording has a splice of its own there; fresh-clone CI runs on a host taking
+    CPU from the machine had many): redo, never count."""
     start_call(proc, observer)
     written = time.monotonic()
     ring.write(sound)
@@ -155,8 +155,9 @@ def hangup_once(proc: AudioProcess, ring: AudioRing, observer: JackObserver,
     before = observer.segment(sent - 0.010, sent)
     if peak(before) < 0.01 * 32768:  # below -40 dBFS: not speaking, proves nothing
         return None
-    if observer.skipped_frames != skipped:
-        print(f"\nthe observer skipped {observer.skipped_frames - skipped} JACK frames: redo")
+    skipped = observer.skipped_between(sent - SKIP_MARGIN_S, sent + 0.3)
+    if skipped:
+        print(f"\nthe observer skipped {skipped} JACK frames: redo")
         return None
     last = observer.last_sound_after(sent - 0.010, until=sent + 0.3)
     assert last is not None
@@ -167,6 +168,7 @@ def hangup_once(proc: AudioProcess, ring: AudioRing, observer: JackObserver,
         "click_db": 20 * np.log10(max(peak(tail), 1.0) / peak(before)),
         "tail_step": largest_step(approach),
         "engine_silent_ms": float(reply["silent_ms"]),
+        "late_ms": observer.latest_between(sent - SKIP_MARGIN_S, sent + 0.3) * 1000,
     }
 
 
@@ -182,15 +184,16 @@ def test_hangups_while_sounding_end_at_the_port_without_a_click(
         ring = AudioRing.attach(proc.ring_prefix + "-play")
         try:
             # Steady tone, hung up at spread-out phases. A hangup the observer's
-            # recording spliced is redone; a loaded CI machine made it skip frames in 6
-            # of 25 (a run of the whole suite, 2026-12-03), so up to 20 redos.
-            for i in range(40):
+            # recording spliced is redone; a fresh-clone CI run on a host taking CPU made
+            # it skip frames somewhere in 31 of 40 tries (2026-12-03), so only a skip in
+            # the span measured counts, and up to 40 redos.
+            for i in range(60):
                 got = hangup_once(proc, ring, observer, steady, 0.08 + 0.0137 * i)
                 if got is not None:
                     results.append(("tone", got))
                 if len(results) == 20:
                     break
-            assert len(results) == 20, "20 redos at most (the observer skipped JACK frames)"
+            assert len(results) == 20, "40 redos at most (the observer skipped JACK frames)"
             attempts = 0
             speech_done = 0
             while speech_done < 6 and attempts < 30:
@@ -204,7 +207,8 @@ def test_hangups_while_sounding_end_at_the_port_without_a_click(
     silence = np.array([r["silence_ms"] for _, r in results])
     clicks = np.array([r["click_db"] for _, r in results])
     lines = [f"{kind:6s} silence {r['silence_ms']:5.1f} ms  click {r['click_db']:6.1f} dB  "
-             f"tail step {r['tail_step']:5d}  (engine: silent after {r['engine_silent_ms']} ms)"
+             f"tail step {r['tail_step']:5d}  (engine: silent after {r['engine_silent_ms']} ms; "
+             f"observer up to {r['late_ms']:.1f} ms late)"
              for kind, r in results]
     summary = (
         f"JACK hangups: {len(results)} ({speech_done} speech); silence at the port ms: "
@@ -235,20 +239,30 @@ def test_the_agents_own_barge_in_fades_at_the_port(
         tmp_path: Path, jack_server: JackServer, observer: JackObserver) -> None:
     """The agent's barge-in (a flush of the playback ring it writes, as its SDK's
     ``interrupt`` does) on the PortAudio path: the callback fades what the flush cuts
-    off over a period, so the tone ends without a step, and the call goes on."""
+    off over a period, so the tone ends without a step, and the call goes on. A flush
+    whose span the observer's recording spliced (skipped JACK frames) is redone."""
     steady = tone(2.0)
     own_step = largest_step(steady)
-    lines, bad = [], []
+    lines: list[str] = []
+    bad: list[int] = []
+    flushes = 0
     with running(tmp_path, jack_server) as proc:
         start_call(proc, observer)
         ring = AudioRing.attach(proc.ring_prefix + "-play")  # this test is the agent
         try:
-            for i in range(10):
+            for i in range(30):
+                if len(lines) == 10:
+                    break
                 ring.write(steady)
                 time.sleep(0.3 + 0.0037 * i)  # flushes land at every phase of the period
                 sent = time.monotonic()
                 ring.request_flush()
+                flushes += 1
                 assert observer.wait_until(sent + 0.2, timeout=5)
+                skipped = observer.skipped_between(sent - SKIP_MARGIN_S, sent + 0.2)
+                if skipped:
+                    print(f"\nthe observer skipped {skipped} JACK frames: redo")
+                    continue
                 before = observer.segment(sent - 0.010, sent)
                 last = observer.last_sound_after(sent - 0.010, until=sent + 0.2)
                 assert last is not None and peak(before) > 0.1 * 32768, "it was sounding"
@@ -258,9 +272,10 @@ def test_the_agents_own_barge_in_fades_at_the_port(
                 lines.append(f"silence {(last - sent) * 1000:5.1f} ms  click {click:6.1f} dB  "
                              f"step {step} (the tone's own {own_step})")
                 if last - sent > 0.06 or click > -20 or step > own_step:
-                    bad.append(i)
+                    bad.append(len(lines) - 1)
+            assert len(lines) == 10, "20 redos at most (the observer skipped JACK frames)"
             status = proc.request({"cmd": "status"})
-            assert status["agent_flushes"] == 10 and status["state"] == "running", status
+            assert status["agent_flushes"] == flushes and status["state"] == "running", status
         finally:
             ring.close()
     print("\nJACK agent barge-ins:\n  " + "\n  ".join(lines))
