@@ -43,6 +43,8 @@ RUN_DELAY_REPORT_S = 0.002
 
 STEAL = "(steal)"
 """The name ``_thread_delays`` gives the virtual machine's stolen time, per CPU."""
+NOT_ANSWERED = "not answered"
+"""``StallWatch.stop``'s scheduling when its process gave nothing back."""
 
 
 def _thread_delays(pid: int) -> dict[str, float]:
@@ -125,11 +127,16 @@ class StallWatch:
         self._proc.start()
 
     def stop(self) -> tuple[str, list[tuple[float, float]], list[tuple[float, str, float]]]:
-        self._conn.send("stop")
+        """The watch's findings; ``("not answered", [], [])`` if its process did not
+        answer within 10 s (or had gone)."""
         got: tuple[str, list[tuple[float, float]], list[tuple[float, str, float]]] = (
-            "not answered", [], [])
-        if self._conn.poll(10):
-            got = self._conn.recv()
+            NOT_ANSWERED, [], [])
+        try:
+            self._conn.send("stop")
+            if self._conn.poll(10):
+                got = self._conn.recv()
+        except (BrokenPipeError, EOFError, OSError):
+            pass
         self._proc.join(5)
         if self._proc.is_alive():
             self._proc.kill()
