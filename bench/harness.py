@@ -43,6 +43,8 @@ RUN_DELAY_REPORT_S = 0.002
 
 STEAL = "(steal)"
 """The name ``_thread_delays`` gives the virtual machine's stolen time, per CPU."""
+REPORT = "report"
+"""What ``StallWatch.report`` asks its process (anything else stops it)."""
 NOT_ANSWERED = "not answered"
 """``StallWatch.stop``'s scheduling when its process gave nothing back."""
 
@@ -82,7 +84,11 @@ def _watch_stalls(stop_at: float, out: mp.connection.Connection, watch_pid: int 
     delays = _thread_delays(watch_pid) if watch_pid else {}
     prev = time.monotonic()
     n = 0
-    while prev < stop_at and not out.poll():
+    while prev < stop_at:
+        if out.poll():
+            if out.recv() != REPORT:
+                break
+            out.send((scheduling, list(stalls), list(waits)))
         time.sleep(STALL_SLEEP_S)
         now = time.monotonic()
         if now - prev >= STALL_REPORT_S:
@@ -126,17 +132,28 @@ class StallWatch:
                                  daemon=True)
         self._proc.start()
 
-    def stop(self) -> tuple[str, list[tuple[float, float]], list[tuple[float, str, float]]]:
+    def report(self) -> tuple[str, list[tuple[float, float]], list[tuple[float, str, float]]]:
+        """The findings so far, as ``stop`` gives them; the watch goes on."""
+        return self._ask(REPORT)
+
+    def _ask(self, what: str
+             ) -> tuple[str, list[tuple[float, float]], list[tuple[float, str, float]]]:
         """The watch's findings; ``("not answered", [], [])`` if its process did not
         answer within 10 s (or had gone)."""
         got: tuple[str, list[tuple[float, float]], list[tuple[float, str, float]]] = (
             NOT_ANSWERED, [], [])
         try:
-            self._conn.send("stop")
+            self._conn.send(what)
             if self._conn.poll(10):
                 got = self._conn.recv()
         except (BrokenPipeError, EOFError, OSError):
             pass
+        return got
+
+    def stop(self) -> tuple[str, list[tuple[float, float]], list[tuple[float, str, float]]]:
+        """Stop the watch; its findings (``("not answered", [], [])`` if its process did
+        not answer within 10 s, or had gone)."""
+        got = self._ask("stop")
         self._proc.join(5)
         if self._proc.is_alive():
             self._proc.kill()

@@ -1,5 +1,6 @@
 """Fixtures of the engine's device tests: a private PulseAudio server per test module,
-and an observer on its speaker per test (``testing.pulse``, ``testing.observer``)."""
+and per test an observer on its speaker and a watch on the machine's stalls
+(``testing.pulse``, ``testing.observer``, ``testing.stalls``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from testing.observer import PlaybackObserver
 from testing.pulse import PulseServer
+from testing.stalls import MachineStalls
 
 
 @pytest.fixture(scope="module")
@@ -23,3 +25,13 @@ def observer(pulse: PulseServer) -> Iterator[PlaybackObserver]:
     """An observer recording the speaker of ``pulse`` for one test."""
     with PlaybackObserver(pulse) as obs:
         yield obs
+
+
+@pytest.fixture
+def machine(pulse: PulseServer) -> Iterator[MachineStalls]:
+    """The machine's stalls, and the waits of ``pulse``'s threads, during one test."""
+    watch = MachineStalls(pulse.pid)
+    try:
+        yield watch
+    finally:
+        watch.close()

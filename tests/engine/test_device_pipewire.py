@@ -20,7 +20,6 @@ from typing import Any, NoReturn
 import numpy as np
 import pytest
 
-from bench.harness import NOT_ANSWERED, StallWatch
 from callctl.engine.audio_child import AudioProcess
 from callctl.engine.ring import AudioRing
 from testing.audio_rig import hear_caller, start_audio_process
@@ -28,6 +27,7 @@ from testing.measure import ending, largest_step, peak
 from testing.observer import NotWhole, PlaybackObserver
 from testing.pipewire import PipeWireServer
 from testing.sounds import RATE, tone
+from testing.stalls import MachineStalls
 
 SOUND = 33  # |x| above this is sound (-60 dBFS)
 WHOLE_TRIES = 8  # plays of the tone until the observer records one whole
@@ -57,13 +57,6 @@ all ended at -30.3 dB or lower. Each was written in time by the server's own acc
 (``PulseDevice._after_write``) and whole on the observer's side, while PipeWire's pulse
 server reported the sink holding nothing (``sink_ms`` 0.0) in every hangup. The cause is
 not found; the PulseAudio tests, and the benchmark, allow none."""
-MACHINE_STALL_S = 0.005
-"""A stall of the machine, or a wait of the pulse server's threads for a CPU, this long
-during a tone has it played again: one cycle of PipeWire's graph with the observer
-attached. With a StallWatch (``bench.harness``) beside it, the tone test heard a step
-(a run of 64 zeros in place of the tone, the count of samples whole, no underrun
-reported) in 5 of 13 plays, each with a stall of 7.9 ms or more during the tone; the 8
-plays without a step had no stall over 6.5 ms during it (2026-12-03, a host taking CPU)."""
 GRAPH_HEALTH_WAIT = 20.0
 """Seconds the observer fixture waits for a graph that keeps time before it gives up."""
 
@@ -121,21 +114,18 @@ def observer(pipewire: PipeWireServer) -> Iterator[PlaybackObserver]:
         yield obs
 
 
+@pytest.fixture
+def machine(pipewire: PipeWireServer) -> Iterator[MachineStalls]:
+    """The machine's stalls, and the waits of the pulse server's threads, during a test."""
+    watch = MachineStalls(pipewire.pids["pipewire-pulse"])
+    try:
+        yield watch
+    finally:
+        watch.close()
+
+
 def spawn(tmp: Path, server: PipeWireServer, *extra: str) -> AudioProcess:
     return start_audio_process(tmp, ["--device", "pulse", *extra], server.child_env(), "pw")
-
-
-def stalled(watch: StallWatch, t0: float, t1: float) -> str | None:
-    """Stop ``watch``; the machine's stalls and the pulse server's waits of
-    ``MACHINE_STALL_S`` or more in ``[t0, t1]`` (s, monotonic), said in short, or None."""
-    scheduling, stalls, waits = watch.stop()
-    if scheduling == NOT_ANSWERED:
-        return "the stall watch did not answer"
-    seen = [f"a {s * 1000:.1f} ms stall" for at, s in stalls
-            if t0 <= at <= t1 and s >= MACHINE_STALL_S]
-    seen += [f"{who} waited {s * 1000:.1f} ms" for at, who, s in waits
-             if t0 <= at <= t1 and s >= MACHINE_STALL_S and not who.startswith("(")]
-    return ", ".join(seen) or None
 
 
 def starved(status: dict[str, Any], underruns_before: int) -> str | None:
@@ -154,11 +144,15 @@ def starved(status: dict[str, Any], underruns_before: int) -> str | None:
 
 
 def test_a_tone_written_to_the_playback_ring_is_heard_at_the_speaker(
-        tmp_path: Path, pipewire: PipeWireServer, observer: PlaybackObserver) -> None:
+        tmp_path: Path, pipewire: PipeWireServer, observer: PlaybackObserver,
+        machine: MachineStalls) -> None:
     """Each try is a call of its own: a tone, heard whole. A try whose recording was not
     whole (the recording path lost samples), whose queue may have run dry by the
-    engine's account (``starved``), or during which the machine stalled (``stalled``) is
-    played again."""
+    engine's account (``starved``), or during which the machine stalled (``machine``) is
+    played again: with a StallWatch beside it, this test heard a step (a run of 64 zeros
+    in place of the tone, the count of samples whole, no underrun reported) in 5 of 13
+    plays, each with a stall of 7.9 ms or more during the tone; the 8 plays without a
+    step had no stall over 6.5 ms during it (2026-12-03, a host taking CPU)."""
     proc = spawn(tmp_path, pipewire, "--no-aec")
     try:
         status = proc.request({"cmd": "status"})
@@ -170,8 +164,6 @@ def test_a_tone_written_to_the_playback_ring_is_heard_at_the_speaker(
             for _ in range(WHOLE_TRIES):
                 assert proc.request({"cmd": "start"})["ok"]
                 underruns = proc.request({"cmd": "status"})["device_underruns"]
-                watch = StallWatch(10, pipewire.pids["pipewire-pulse"])
-                time.sleep(0.3)  # the watch's process is up
                 written = time.monotonic()
                 ring.write(sound)
                 assert observer.wait_until(written + 0.8, timeout=5)
@@ -179,7 +171,7 @@ def test_a_tone_written_to_the_playback_ring_is_heard_at_the_speaker(
                 assert first is not None, "the tone reached the speaker"
                 status = proc.request({"cmd": "status"})
                 assert proc.request({"cmd": "hangup"})["ok"]
-                why = starved(status, underruns) or stalled(watch, written, first + 0.5)
+                why = starved(status, underruns) or machine.during(written, first + 0.5)
                 if why:
                     print(f"\n{why} during the tone; again")
                     continue

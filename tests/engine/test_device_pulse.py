@@ -38,6 +38,7 @@ from testing.measure import largest_step
 from testing.observer import NotWhole, PlaybackObserver
 from testing.pulse import PulseServer
 from testing.sounds import RATE, tone
+from testing.stalls import MachineStalls
 
 
 def spawn(tmp: Path, pulse: PulseServer, *extra: str) -> AudioProcess:
@@ -90,18 +91,34 @@ def test_an_underrun_is_counted_and_logged_with_what_the_audio_thread_knew(
         status = proc.request({"cmd": "status"})
         assert status["state"] == "running" and status["reopens"] == [], status
         assert status["device_underruns"] >= 1, status
-        first = status["underrun_log"][0]
-        assert before < first["at"] < time.monotonic(), first
-        assert first["since_period_ms"] >= 100, first
         assert len(status["underrun_log"]) == status["device_underruns"], status
+        # The one the stop made (a machine that stalls may have made one before it: a
+        # fresh-clone CI run logged one 0.22 s before the SIGSTOP, 34 ms after a period).
+        stopped = [e for e in status["underrun_log"] if before < e["at"] < time.monotonic()]
+        assert stopped, status
+        assert stopped[0]["since_period_ms"] >= 100, stopped
     finally:
         proc.stop()
 
 
+SLOW_S = 0.04
+"""The silence after a hangup or barge-in the tests allow here, generously (s); the real
+bound is the benchmark's."""
+CLICK_DB = -20.0
+"""The click bound: the last millisecond before silence, re the 10 ms before the request."""
+AGREE_S = 0.006
+"""How far the device's own figure for the end of a fade may be from the observer's (s)."""
 WHOLE_REDOS = 6
 """Hangups or flushes a test may redo because the observer's recording of one was not
-whole (``testing.observer.NotWhole``) or the engine's fade write left late (``LateWrite``);
-more fails the test."""
+whole (``testing.observer.NotWhole``), the engine's fade write left late (``LateWrite``) or
+the server reported the queue run dry meanwhile (``RanDry``); more fails the test."""
+
+
+class RanDry(Exception):
+    """The server reported an underrun between the tone's start and the end heard: the
+    queue ran dry, and the sink played a gap (a step) that no fade could avoid. A
+    fresh-clone CI run on a host taking CPU heard a full-scale step in a hangup whose
+    queue held 20 ms instead of 30 (the hangup was put off, ``fade["deferred"]``)."""
 
 
 class LateWrite(Exception):
@@ -115,13 +132,16 @@ class LateWrite(Exception):
 
 
 def heard_ending(observer: PlaybackObserver, sent: float, within: float,
-                 engine: Any = None) -> tuple[float, float]:
+                 engine: Any = None,
+                 ran_dry: Callable[[], int] | None = None) -> tuple[float, float]:
     """The tone's end at the speaker after a hangup or flush sent at ``sent`` (s), heard
     for ``within`` s: checks that it played up to ``sent`` and ended without a step
     larger than its own. Returns the last sound's time (s) and the click figure (dB).
     ``NotWhole`` when the observer's recording of it lost samples (it cannot be
-    judged), ``LateWrite`` for a step the engine flagged; ``engine`` (the engine's own
-    account, the reply's ``fade``) goes into a failure's message."""
+    judged), ``LateWrite`` for a step the engine flagged, ``RanDry`` for a step with
+    underruns reported (``ran_dry``, optional, counts them since the sound began);
+    ``engine`` (the engine's own account, the reply's ``fade``) goes into a failure's
+    message."""
     assert observer.wait_until(sent + within, timeout=5)
     last = observer.last_sound_after(sent - 0.05, until=sent + within)
     assert last is not None and last > sent - 0.005, "it played up to the request"
@@ -132,25 +152,60 @@ def heard_ending(observer: PlaybackObserver, sent: float, within: float,
     step, own = largest_step(around), largest_step(played)
     stepped = (f"a step of {step} against the tone's {own}, silent "
                f"{(last - sent) * 1000:.1f} ms after; engine: {engine}")
-    if step > own * 1.02 + 2 and engine and engine.get("late"):
-        raise LateWrite(stepped)
+    if step > own * 1.02 + 2:
+        if engine and engine.get("late"):
+            raise LateWrite(stepped)
+        dry = ran_dry() if ran_dry is not None else 0
+        if dry:
+            raise RanDry(f"{dry} underruns; {stepped}")
     assert step <= own * 1.02 + 2, stepped
     return last, click_db(observer, sent, last)
 
 
 def judged(observer: PlaybackObserver, sent: float, within: float, fade: Any,
-           what: str) -> tuple[float, float] | None:
-    """``heard_ending``, or None (the reason printed) when ``what`` cannot be judged."""
+           what: str, ran_dry: Callable[[], int] | None = None,
+           machine: MachineStalls | None = None) -> tuple[float, float] | None:
+    """``heard_ending``, or None (the reason printed) when ``what`` cannot be judged.
+    ``ran_dry`` (optional) counts the underruns the server reported since the sound
+    began; a step with any is ``RanDry``. With ``machine``, a step, a silence that came
+    ``SLOW_S`` or later, or a click above ``CLICK_DB``, around which the machine stalled,
+    is not judged either (``testing.stalls``)."""
     try:
-        return heard_ending(observer, sent, within, fade)
-    except (NotWhole, LateWrite) as exc:
+        heard = heard_ending(observer, sent, within, fade, ran_dry)
+    except AssertionError as exc:
+        if machine is None or not (why := machine.during(sent - 0.1, sent + within)):
+            raise
+        print(f"\n{what} not judged: the machine stalled ({why}): {exc}")
+        return None
+    except (NotWhole, LateWrite, RanDry) as exc:
         print(f"\n{what} not judged: {exc!r}")
         return None
+    last, click = heard
+    if machine is not None and (last - sent >= SLOW_S or click > CLICK_DB) and (
+            why := machine.during(sent - 0.1, sent + within)):
+        print(f"\n{what} not judged: silent after {(last - sent) * 1000:.1f} ms, "
+              f"{click:.1f} dB, the machine stalled ({why})")
+        return None
+    return heard
+
+
+def agrees(engine_at: float, heard_at: float, sent: float, what: str,
+           machine: MachineStalls | None = None) -> bool:
+    """Whether the device's own figure for the end of a fade (``engine_at``, s) is the
+    observer's (``heard_at``) within ``AGREE_S``; False (printed) when it is not and the
+    machine stalled around it (``testing.stalls``): redo. Else a failed assertion."""
+    if abs(engine_at - heard_at) < AGREE_S:
+        return True
+    why = machine.during(sent - 0.1, heard_at + 0.01) if machine is not None else None
+    assert why, (what, engine_at, heard_at)
+    print(f"\n{what} not judged: the engine placed its end {(engine_at - heard_at) * 1000:.1f}"
+          f" ms off the observer, the machine stalled ({why})")
+    return False
 
 
 def hangups_heard(request: Callable[[dict[str, Any]], dict[str, Any]], ring: AudioRing,
-                  observer: PlaybackObserver, n: int) -> tuple[list[float], list[float],
-                                                           list[dict[str, Any]]]:
+                  observer: PlaybackObserver, n: int, machine: MachineStalls | None = None
+                  ) -> tuple[list[float], list[float], list[dict[str, Any]]]:
     """``n`` calls, each hung up while a tone plays, at every phase of the period; checks
     at the speaker that each fades without a step and that nothing plays after it.
     Returns the silence times (s), the click figures (dB) and the ``fade`` replies."""
@@ -160,29 +215,34 @@ def hangups_heard(request: Callable[[dict[str, Any]], dict[str, Any]], ring: Aud
         if len(silences) == n:
             break
         assert request({"cmd": "start"})["ok"]
+        underruns = request({"cmd": "status"})["device_underruns"]
         ring.write(tone(2.0, freq=440.0 + 7 * k))
         time.sleep(0.35 + 0.0037 * k)  # hangups land at every phase of the period
         sent = time.monotonic()
         reply = request({"cmd": "hangup"})
         assert reply["ok"] and reply["cut_by"] == "device", reply
         ring.write(tone(0.2))  # written after the hangup: must never play
-        heard = judged(observer, sent, 0.3, reply["fade"], f"hangup {k}")
+        heard = judged(observer, sent, 0.3, reply["fade"], f"hangup {k}",
+                       lambda since=underruns: request({"cmd": "status"})["device_underruns"]
+                       - since, machine)
         if heard is None:
             redos += 1
             continue
         last, click = heard
         assert observer.first_sound_after(last + 0.001, until=sent + 0.3) is None
-        if click > -20 and reply["fade"]["late"]:
+        if click > CLICK_DB and reply["fade"]["late"]:
             # A click the engine flagged (the write may have landed after the sink took
             # what it changes): as ``LateWrite``, counted and redone, a bounded number of times.
             print(f"\nhangup {k} not judged: {click:.1f} dB, engine: {reply['fade']}")
             redos += 1
             continue
+        # The device's own figure is the observer's, within a few ms.
+        if not agrees(reply["first_silent_at"], last, sent, f"hangup {k}", machine):
+            redos += 1
+            continue
         fades.append(reply["fade"])
         silences.append(last - sent)
         clicks.append(click)
-        # The device's own figure is the observer's, within a few ms.
-        assert abs(reply["first_silent_at"] - last) < 0.006, (reply, last)
     assert len(silences) == n, f"{redos} hangups were not judged (see the output)"
     return silences, clicks, fades
 
@@ -261,11 +321,12 @@ def test_the_queue_grows_in_the_calls_pauses_and_never_cuts_the_voice(
 
 
 def test_hangups_while_a_tone_plays_fade_at_the_speaker_without_a_step(
-        tmp_path: Path, pulse: PulseServer, observer: PlaybackObserver) -> None:
+        tmp_path: Path, pulse: PulseServer, observer: PlaybackObserver,
+        machine: MachineStalls) -> None:
     proc = spawn(tmp_path, pulse, "--no-aec")
     ring = AudioRing.attach(proc.ring_prefix + "-play")
     try:
-        silences, clicks, fades = hangups_heard(proc.request, ring, observer, 20)
+        silences, clicks, fades = hangups_heard(proc.request, ring, observer, 20, machine)
     finally:
         ring.close()
         proc.stop()
@@ -311,11 +372,13 @@ def engine_putting_off_every_fade(pulse: PulseServer, monkeypatch: pytest.Monkey
 
 
 def test_a_hangup_put_off_for_a_short_queue_fades_after_the_next_write(
-        pulse: PulseServer, observer: PlaybackObserver, monkeypatch: pytest.MonkeyPatch) -> None:
+        pulse: PulseServer, observer: PlaybackObserver,
+        machine: MachineStalls, monkeypatch: pytest.MonkeyPatch) -> None:
     """A hangup whose fade would be too short waits for the next period's write, which
     the handler, told to hang up, writes faded (``PulseDevice._defer``)."""
     with engine_putting_off_every_fade(pulse, monkeypatch) as (engine, playback):
-        silences, clicks, fades = hangups_heard(engine.dispatch, playback, observer, 6)
+        silences, clicks, fades = hangups_heard(engine.dispatch, playback, observer, 6,
+                                                machine)
     assert all(fade["deferred"] for fade in fades), fades
     ms = np.array(silences) * 1000
     print(f"put off: silence ms {np.round(ms, 1).tolist()}; clicks dB {np.round(clicks, 1)}")
@@ -324,7 +387,8 @@ def test_a_hangup_put_off_for_a_short_queue_fades_after_the_next_write(
 
 
 def test_a_barge_in_put_off_for_a_short_queue_fades_the_voice_that_follows(
-        pulse: PulseServer, observer: PlaybackObserver, monkeypatch: pytest.MonkeyPatch) -> None:
+        pulse: PulseServer, observer: PlaybackObserver,
+        machine: MachineStalls, monkeypatch: pytest.MonkeyPatch) -> None:
     """A barge-in whose fade would be too short (a CI run found the server's queue run
     dry) waits for the next period's write, which the handler writes as the voice that
     follows faded to zero (``FADE_FLUSH``), not as silence: no step at the speaker."""
@@ -341,7 +405,8 @@ def test_a_barge_in_put_off_for_a_short_queue_fades_the_voice_that_follows(
             reply = engine.dispatch({"cmd": "flush"})
             assert reply["ok"] and reply["cut_by"] == "device", reply
             assert reply["fade"]["deferred"] and reply["dropped_frames"] > RATE // 2, reply
-            heard = judged(observer, sent, 0.15, reply["fade"], f"flush {k}")
+            heard = judged(observer, sent, 0.15, reply["fade"], f"flush {k}",
+                           machine=machine)
             if heard is None:
                 redos += 1
                 continue
@@ -358,7 +423,8 @@ def test_a_barge_in_put_off_for_a_short_queue_fades_the_voice_that_follows(
 
 
 def test_barge_in_fades_at_the_speaker_and_the_call_goes_on(
-        tmp_path: Path, pulse: PulseServer, observer: PlaybackObserver) -> None:
+        tmp_path: Path, pulse: PulseServer, observer: PlaybackObserver,
+        machine: MachineStalls) -> None:
     """``flush`` (barge-in) on the native backend: what the server already holds fades
     out at once, continuous with what played, and audio written after the flush plays."""
     proc = spawn(tmp_path, pulse, "--no-aec")
@@ -375,7 +441,11 @@ def test_barge_in_fades_at_the_speaker_and_the_call_goes_on(
             reply = proc.request({"cmd": "flush"})
             assert reply["ok"] and reply["done"] and reply["cut_by"] == "device", reply
             assert reply["dropped_frames"] > RATE // 2, reply  # the ring was flushed too
-            heard = judged(observer, sent, 0.15, reply["fade"], f"flush {k}")
+            heard = judged(observer, sent, 0.15, reply["fade"], f"flush {k}",
+                           machine=machine)
+            if heard is not None and not agrees(reply["silent_at"], heard[0], sent,
+                                                f"flush {k}", machine):
+                heard = None
             if heard is None:
                 redos += 1
                 assert redos <= WHOLE_REDOS, f"{redos} flushes not judged (see the output)"
@@ -384,7 +454,6 @@ def test_barge_in_fades_at_the_speaker_and_the_call_goes_on(
                 last, click = heard
                 silences.append(last - sent)
                 clicks.append(click)
-                assert abs(reply["silent_at"] - last) < 0.006, (reply, last)
             # Nothing from before the flush plays after it; new audio does, at once.
             time.sleep(0.1)
             assert observer.wait_until(sent + 0.1, timeout=5)
@@ -418,7 +487,8 @@ def test_barge_in_fades_at_the_speaker_and_the_call_goes_on(
 
 
 def test_the_agents_own_barge_in_fades_at_the_speaker(
-        tmp_path: Path, pulse: PulseServer, observer: PlaybackObserver) -> None:
+        tmp_path: Path, pulse: PulseServer, observer: PlaybackObserver,
+        machine: MachineStalls) -> None:
     """The agent's barge-in is a flush of the playback ring it writes (its SDK's
     ``interrupt``, ``RingAudioInterface``), not a command: the callback fades what it
     cuts off over a period, and the device fades what the server holds right after."""
@@ -438,7 +508,8 @@ def test_the_agents_own_barge_in_fades_at_the_speaker(
             time.sleep(0.05)
             status = proc.request({"cmd": "status"})
             assert status["agent_flushes"] == k + 1, status
-            heard = judged(observer, sent, 0.15, status["last_fade"], f"flush {k}")
+            heard = judged(observer, sent, 0.15, status["last_fade"], f"flush {k}",
+                           machine=machine)
             time.sleep(0.1)
             if heard is None:
                 redos += 1
