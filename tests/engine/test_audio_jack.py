@@ -33,6 +33,7 @@ from testing.audio_rig import start_audio_process
 from testing.jack import JackObserver, JackServer
 from testing.measure import largest_step, peak
 from testing.sounds import RATE, tone
+from testing.stalls import MachineStalls
 
 PERIOD = 160
 JACK_DEVICE = "system"  # PortAudio's name for the JACK server's physical ports
@@ -55,6 +56,16 @@ def jack_server() -> Iterator[JackServer]:
 def observer(jack_server: JackServer) -> Iterator[JackObserver]:
     with JackObserver(jack_server, latency_frames=0) as obs:
         yield obs
+
+
+@pytest.fixture
+def machine(jack_server: JackServer) -> Iterator[MachineStalls]:
+    """The machine's stalls, and the waits of ``jackd``'s threads, during one test."""
+    watch = MachineStalls(jack_server.pid)
+    try:
+        yield watch
+    finally:
+        watch.close()
 
 
 def spawn(tmp: Path, server: JackServer, *extra: str) -> AudioProcess:
@@ -169,11 +180,16 @@ def hangup_once(proc: AudioProcess, ring: AudioRing, observer: JackObserver,
         "tail_step": largest_step(approach),
         "engine_silent_ms": float(reply["silent_ms"]),
         "late_ms": observer.latest_between(sent - SKIP_MARGIN_S, sent + 0.3) * 1000,
+        "sent": sent,
     }
 
 
 def test_hangups_while_sounding_end_at_the_port_without_a_click(
-        tmp_path: Path, jack_server: JackServer, observer: JackObserver) -> None:
+        tmp_path: Path, jack_server: JackServer, observer: JackObserver,
+        machine: MachineStalls) -> None:
+    """A tone hung up at every phase of the period ends at the port within 40 ms, faded
+    (20 dB down, no step larger than its own); speech is measured. A tone's hangup that
+    breaks a bound while the machine stalled around it is redone (``testing.stalls``)."""
     from callctl.engine.agent_server.voice import Voice
 
     steady = tone(1.0)
@@ -189,6 +205,11 @@ def test_hangups_while_sounding_end_at_the_port_without_a_click(
             # the span measured counts, and up to 40 redos.
             for i in range(60):
                 got = hangup_once(proc, ring, observer, steady, 0.08 + 0.0137 * i)
+                if got is not None and (got["silence_ms"] > 40.0 or got["click_db"] > -20.0
+                                        or got["tail_step"] > own_step) and (
+                        why := machine.during(got["sent"] - 0.1, got["sent"] + 0.3)):
+                    print(f"\nhangup {i} not judged: {got}, the machine stalled ({why})")
+                    continue
                 if got is not None:
                     results.append(("tone", got))
                 if len(results) == 20:
@@ -236,11 +257,13 @@ def test_hangups_while_sounding_end_at_the_port_without_a_click(
 
 
 def test_the_agents_own_barge_in_fades_at_the_port(
-        tmp_path: Path, jack_server: JackServer, observer: JackObserver) -> None:
+        tmp_path: Path, jack_server: JackServer, observer: JackObserver,
+        machine: MachineStalls) -> None:
     """The agent's barge-in (a flush of the playback ring it writes, as its SDK's
     ``interrupt`` does) on the PortAudio path: the callback fades what the flush cuts
     off over a period, so the tone ends without a step, and the call goes on. A flush
-    whose span the observer's recording spliced (skipped JACK frames) is redone."""
+    whose span the observer's recording spliced (skipped JACK frames), or that ended
+    late, loud or with a step while the machine stalled around it, is redone."""
     steady = tone(2.0)
     own_step = largest_step(steady)
     lines: list[str] = []
@@ -269,11 +292,15 @@ def test_the_agents_own_barge_in_fades_at_the_port(
                 tail = observer.segment(last - 0.001, last + 1 / RATE)
                 click = 20 * np.log10(max(peak(tail), 1.0) / peak(before))
                 step = largest_step(observer.segment(last - 0.040, last + 1 / RATE))
-                lines.append(f"silence {(last - sent) * 1000:5.1f} ms  click {click:6.1f} dB  "
-                             f"step {step} (the tone's own {own_step})")
+                line = (f"silence {(last - sent) * 1000:5.1f} ms  click {click:6.1f} dB  "
+                        f"step {step} (the tone's own {own_step})")
                 if last - sent > 0.06 or click > -20 or step > own_step:
-                    bad.append(len(lines) - 1)
-            assert len(lines) == 10, "20 redos at most (the observer skipped JACK frames)"
+                    if why := machine.during(sent - 0.1, sent + 0.2):
+                        print(f"\nflush not judged: {line}, the machine stalled ({why})")
+                        continue
+                    bad.append(len(lines))
+                lines.append(line)
+            assert len(lines) == 10, "20 redos at most (skipped JACK frames, machine stalls)"
             status = proc.request({"cmd": "status"})
             assert status["agent_flushes"] == flushes and status["state"] == "running", status
         finally:
