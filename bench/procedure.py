@@ -45,6 +45,7 @@ from testing.measure import (
     speaking_at,
     wait_quiet,
 )
+from testing.stalls import MachineStalls
 
 CLICK_BOUND_DB = -20.0
 """A hangup whose click figure is above this clicks (issue 13's bound); such hangups are
@@ -93,6 +94,11 @@ class Results:
     """Each counted hangup whose click figure was above ``CLICK_BOUND_DB``: its figures,
     and the system's own account of its fade where it gives one (callctl's
     ``device_fade``), so that a reader can tell a late write from a fade that ended loud."""
+    hangup_machine_stalls: list[str | None] = field(default_factory=list)
+    """Per counted hangup, in the order of ``hangup_silence``: the machine's stalls of
+    ``testing.stalls.MACHINE_STALL_S`` or more from 0.1 s before the hangup to 0.3 s after
+    it (``MachineStalls.during``), or None. Reported for every system alike, to read the
+    slow and loud hangups by; never a reason to drop one."""
     late_device_fades: int = 0
     """Counted hangups whose fade the system itself said may have landed late (callctl's
     ``fade["late"]``, ``PulseDevice._applied_after``)."""
@@ -183,9 +189,11 @@ def fell_into_pause(end: Ending, pauses: list[float], at: float) -> bool:
     return not end.speaking or end.silence_ms == 0 or pauses_by_itself(pauses, at)
 
 
-def hangups(system: System, moments: list[float], out: Results) -> None:
+def hangups(system: System, moments: list[float], out: Results,
+            machine: MachineStalls | None = None) -> None:
     """One call per moment: hang up that long after the first sound heard. The first call,
-    heard whole and not counted, finds the greeting's own pauses (``hear_greeting``)."""
+    heard whole and not counted, finds the greeting's own pauses (``hear_greeting``).
+    With ``machine``, each counted hangup notes the machine's stalls around it."""
     rec = ObserverRecording(system.observer)
     out.greeting_pauses_s = hear_greeting(system, max(moments) + 1.0)
     for offset in moments:
@@ -203,13 +211,16 @@ def hangups(system: System, moments: list[float], out: Results) -> None:
             assert end.silence_ms is not None
             out.hangup_silence.append(end.silence_ms)
             out.hangup_crashed.append(stamps.crashed)
+            stalled = (machine.during(stamps.sent - 0.1, stamps.sent + 0.3)
+                       if machine is not None else None)
+            out.hangup_machine_stalls.append(stalled)
             if end.click_db is not None:
                 out.hangup_click_db.append(round(end.click_db, 2))
                 if end.click_db > CLICK_BOUND_DB:
                     out.loud_hangups.append({
                         "click_db": round(end.click_db, 2), "silence_ms": end.silence_ms,
                         "tail_step": end.tail_step, "before_step": end.before_step,
-                        "device_fade": stamps.device_fade})
+                        "device_fade": stamps.device_fade, "machine_stalls": stalled})
             out.late_device_fades += int(bool((stamps.device_fade or {}).get("late")))
             if end.before_step:
                 out.tail_step_ratio.append(round(end.tail_step / end.before_step, 3))

@@ -123,8 +123,21 @@ def loud_hangups(c: dict[str, Any]) -> str:
         account = ", ".join(f"{k} {fade[k]}" for k in FADE_KEYS if k in fade) or "none"
         rows.append(f"  * {h['click_db']:.1f} dB, silence {h['silence_ms']:.1f} ms, largest "
                     f"step {h['tail_step']} (the voice's own {h['before_step']}); the engine's "
-                    f"fade: {account}")
+                    f"fade: {account}; the machine around it: "
+                    f"{h.get('machine_stalls') or 'no stall of 5 ms or more'}")
     return "\n".join([head, *rows])
+
+
+def machine_stalls(s: dict[str, Any]) -> str:
+    """How many counted hangups of each system came with a stall of the machine around
+    them (``testing.stalls``), and callctl's slowest two with theirs."""
+    counts = ", ".join(f"{label} {s[k].get('hangups_near_stall', 0)} of "
+                       f"{s[k]['hangup_silence'].get('n', 0)}" for k, label in SYSTEMS)
+    slow = "; ".join(f"{h['silence_ms']:.1f} ms ({h['machine_stalls'] or 'no stall'})"
+                     for h in s["callctl"].get("slowest_hangups", []))
+    return (f"* Hangups with a stall of the machine of 5 ms or more from 0.1 s before to "
+            f"0.3 s after them (`testing.stalls`, a real-time thread that sleeps 1 ms and "
+            f"wakes late): {counts}. callctl's slowest: {slow or '—'}.")
 
 
 def markdown(summary: dict[str, Any], plot_names: list[str]) -> str:
@@ -199,7 +212,7 @@ def markdown(summary: dict[str, Any], plot_names: list[str]) -> str:
                      f"{r['given_up']} offsets given "
                      f"up after {summary['max_redos']} tries; CPU measured over "
                      f"{r.get('cpu_seconds') or 0:.0f} s.")
-    lines += ["", loud_hangups(c)]
+    lines += ["", loud_hangups(c), machine_stalls(s)]
     lines += [
         f"* callctl, cold start (no standby agent process): {dist(c.get('cold_start'))}",
         f"* callctl agent processes killed at the 2 s bound, cooperative service: "

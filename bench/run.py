@@ -27,6 +27,7 @@ from bench.harness import summarise
 from bench.report import markdown, plots, update_readme
 from bench.systems import System
 from testing.measure import SPEECH_DBFS
+from testing.stalls import MachineStalls
 
 RESULTS = Path(__file__).parent / "results"
 STALL_BOUND_S = 15.0
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             out = results[key] = procedure.Results()
             system = make()
             try:
-                procedure.hangups(system, hang_at, out)
+                with MachineStalls(None, seconds=3600) as machine:
+                    procedure.hangups(system, hang_at, out, machine)
                 procedure.bargeins(system, barge_at, out)
                 procedure.cpu_during_call(system, cpu_s, out)
             finally:
@@ -167,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
             systems[key][name] = r.get(name, 0 if name != "cpu_percent" else None)
         systems[key]["greeting_pauses_s"] = r.get("greeting_pauses_s", [])
         systems[key]["loud_hangups"] = r.get("loud_hangups", [])
+        systems[key]["hangups_near_stall"] = sum(
+            1 for why in r.get("hangup_machine_stalls", []) if why)
+        systems[key]["slowest_hangups"] = sorted(
+            ({"silence_ms": v, "machine_stalls": why} for v, why in zip(
+                r.get("hangup_silence", []), r.get("hangup_machine_stalls", []),
+                strict=False)), key=lambda h: -h["silence_ms"])[:2]
     stall_sdk = frozen.get("sdk", [])
     summary: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(began)),

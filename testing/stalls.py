@@ -15,6 +15,8 @@ hold one, and excusing by the stall alone would leave nothing judged.
 
 from __future__ import annotations
 
+from types import TracebackType
+
 from bench.harness import NOT_ANSWERED, STEAL, StallWatch
 
 MACHINE_STALL_S = 0.005
@@ -25,7 +27,7 @@ observer attached, a quarter of the PulseAudio tests' queue slack."""
 
 class MachineStalls:
     """A ``StallWatch`` (``bench.harness``) running for a test, watching ``server_pid``'s
-    threads too. The test's thread only; ``close`` stops it."""
+    threads too. The test's thread only; ``close`` (or leaving ``with``) stops it."""
 
     def __init__(self, server_pid: int | None, seconds: float = 600) -> None:
         self._watch = StallWatch(seconds, server_pid)
@@ -44,3 +46,10 @@ class MachineStalls:
 
     def close(self) -> None:
         self._watch.stop()
+
+    def __enter__(self) -> MachineStalls:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

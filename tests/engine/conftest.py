@@ -30,8 +30,5 @@ def observer(pulse: PulseServer) -> Iterator[PlaybackObserver]:
 @pytest.fixture
 def machine(pulse: PulseServer) -> Iterator[MachineStalls]:
     """The machine's stalls, and the waits of ``pulse``'s threads, during one test."""
-    watch = MachineStalls(pulse.pid)
-    try:
+    with MachineStalls(pulse.pid) as watch:
         yield watch
-    finally:
-        watch.close()

@@ -61,11 +61,8 @@ def observer(jack_server: JackServer) -> Iterator[JackObserver]:
 @pytest.fixture
 def machine(jack_server: JackServer) -> Iterator[MachineStalls]:
     """The machine's stalls, and the waits of ``jackd``'s threads, during one test."""
-    watch = MachineStalls(jack_server.pid)
-    try:
+    with MachineStalls(jack_server.pid) as watch:
         yield watch
-    finally:
-        watch.close()
 
 
 def spawn(tmp: Path, server: JackServer, *extra: str) -> AudioProcess:

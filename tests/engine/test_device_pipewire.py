@@ -117,11 +117,8 @@ def observer(pipewire: PipeWireServer) -> Iterator[PlaybackObserver]:
 @pytest.fixture
 def machine(pipewire: PipeWireServer) -> Iterator[MachineStalls]:
     """The machine's stalls, and the waits of the pulse server's threads, during a test."""
-    watch = MachineStalls(pipewire.pids["pipewire-pulse"])
-    try:
+    with MachineStalls(pipewire.pids["pipewire-pulse"]) as watch:
         yield watch
-    finally:
-        watch.close()
 
 
 def spawn(tmp: Path, server: PipeWireServer, *extra: str) -> AudioProcess:
@@ -147,9 +144,10 @@ def test_a_tone_written_to_the_playback_ring_is_heard_at_the_speaker(
         tmp_path: Path, pipewire: PipeWireServer, observer: PlaybackObserver,
         machine: MachineStalls) -> None:
     """Each try is a call of its own: a tone, heard whole. A try whose recording was not
-    whole (the recording path lost samples), whose queue may have run dry by the
-    engine's account (``starved``), or during which the machine stalled (``machine``) is
-    played again: with a StallWatch beside it, this test heard a step (a run of 64 zeros
+    whole (the recording path lost samples) is played again, and so is one with a step
+    in the tone when the queue may have run dry by the engine's account (``starved``) or
+    the machine stalled during it (``machine``): with a StallWatch beside it, this test
+    heard a step (a run of 64 zeros
     in place of the tone, the count of samples whole, no underrun reported) in 5 of 13
     plays, each with a stall of 7.9 ms or more during the tone; the 8 plays without a
     step had no stall over 6.5 ms during it (2026-12-03, a host taking CPU)."""
@@ -171,18 +169,23 @@ def test_a_tone_written_to_the_playback_ring_is_heard_at_the_speaker(
                 assert first is not None, "the tone reached the speaker"
                 status = proc.request({"cmd": "status"})
                 assert proc.request({"cmd": "hangup"})["ok"]
-                why = starved(status, underruns) or machine.during(written, first + 0.5)
-                if why:
-                    print(f"\n{why} during the tone; again")
+                if not observer.whole(first, first + 0.5):
+                    # The recording lost samples (a CI run saw 22 missing, with a splice):
+                    # what the speaker played is unknown there, so play the tone again.
+                    print(f"\nthe observer's recording of {first:.3f}+0.5 s is not whole; "
+                          "again")
                     continue
-                if observer.whole(first, first + 0.5):
+                heard = observer.segment(first, first + 0.5)
+                if largest_step(heard) <= largest_step(sound) + 1:
                     break
-                # The recording lost samples (a CI run saw 22 missing, with a splice):
-                # what the speaker played is unknown there, so play the tone again.
-                print(f"\nthe observer's recording of {first:.3f}+0.5 s is not whole; again")
+                why = starved(status, underruns) or machine.during(written, first + 0.5)
+                if not why:
+                    break  # judged below: a step with the machine running smoothly
+                print(f"\na step in the tone, and {why} during it; again")
             else:
                 cannot_judge(observer, began,
-                             f"the tone was not heard whole and unstarved in {WHOLE_TRIES} tries")
+                             f"no play of the tone in {WHOLE_TRIES} was recorded whole, and "
+                             "unstepped or stepped with the machine running smoothly")
         finally:
             ring.close()
         heard = observer.segment(first, first + 0.5)
