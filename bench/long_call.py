@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import STEAL, CpuLoad, StallWatch
+from bench.harness import CpuLoad
 from bench.procedure import cpu_seconds
 from testing.served import ServedController
+from testing.stalls import STEAL, StallWatch
 
 STALL_NEAR_S = 0.2
 """Seconds before an underrun in which a machine stall counts as its neighbour."""

@@ -249,7 +249,7 @@ def markdown(summary: dict[str, Any], plot_names: list[str]) -> str:
                              for m in stalls["stall_before_each_underrun_ms"]) or "no underruns"
             lines += [
                 "",
-                f"The machine's own stalls meanwhile (`bench.harness.StallWatch`: a thread "
+                f"The machine's own stalls meanwhile (`testing.stalls.StallWatch`: a thread "
                 f"of another process at {stalls['watcher']} that sleeps 1 ms at a time, "
                 f"which busy processes cannot hold up): {stalls['count']} wake-ups 5 ms or "
                 f"more late, {stalls['over_20_ms']} of them 20 ms or more, the longest "

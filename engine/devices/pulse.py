@@ -129,7 +129,7 @@ RIDE_THROUGH_SECONDS = 0.060
 that it rides through the test rig's machine stalls. ``python -m bench.long_call`` (10
 minutes, both cores busy) found each device underrun (3, in two runs) right after one:
 41 to 42 ms in which a real-time thread of the sound server (its sink's) waited for a
-CPU, while the real-time thread of another process (``bench.harness.StallWatch``) woke
+CPU, while the real-time thread of another process (``testing.stalls.StallWatch``) woke
 41 to 45 ms late; no client could have written meanwhile, and the sink then takes the
 stall's worth of audio at once. The call starts on the short queue, so its first sound
 is not put off: the queue grows in the call's silent periods after that

@@ -6,8 +6,9 @@ from __future__ import annotations
 import subprocess
 import time
 
-from bench.harness import CpuLoad, StallWatch
+from bench.harness import CpuLoad
 from bench.long_call import wait_summary
+from testing.stalls import StallWatch
 
 
 def test_the_watcher_records_a_busy_process_waiting_for_a_cpu() -> None:
