@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from bench.procedure import CLICK_BOUND_DB  # noqa: E402
+from testing.stalls import MACHINE_STALL_S  # noqa: E402
 
 SYSTEMS = (("callctl", "callctl"), ("sdk", "SDK DefaultAudioInterface"),
            ("pipecat", "Pipecat LocalAudioTransport"))
@@ -105,6 +106,9 @@ def _row(title: str, s: dict[str, Any], key: str, unit: str = "ms",
     return f"| {title} | {cells} | {verdict(figures, lower_is_better)} |"
 
 
+STALL_MS = MACHINE_STALL_S * 1000
+"""The shortest stall ``MachineStalls.during`` reports, ms."""
+
 FADE_KEYS = ("late", "queued_frames", "hold_frames", "fade_frames", "tail_db", "ending_db",
              "left_before_ms", "deferred")
 """What the report shows of callctl's own account of a fade (``PulseDevice.fade_info``)."""
@@ -124,7 +128,7 @@ def loud_hangups(c: dict[str, Any]) -> str:
         rows.append(f"  * {h['click_db']:.1f} dB, silence {h['silence_ms']:.1f} ms, largest "
                     f"step {h['tail_step']} (the voice's own {h['before_step']}); the engine's "
                     f"fade: {account}; the machine around it: "
-                    f"{h.get('machine_stalls') or 'no stall of 5 ms or more'}")
+                    f"{h.get('machine_stalls') or f'no stall of {STALL_MS:.0f} ms or more'}")
     return "\n".join([head, *rows])
 
 
@@ -135,9 +139,9 @@ def machine_stalls(s: dict[str, Any]) -> str:
                        f"{s[k]['hangup_silence'].get('n', 0)}" for k, label in SYSTEMS)
     slow = "; ".join(f"{h['silence_ms']:.1f} ms ({h['machine_stalls'] or 'no stall'})"
                      for h in s["callctl"].get("slowest_hangups", []))
-    return (f"* Hangups with a stall of the machine of 5 ms or more from 0.1 s before to "
-            f"0.3 s after them (`testing.stalls`, a real-time thread that sleeps 1 ms and "
-            f"wakes late): {counts}. callctl's slowest: {slow or '—'}.")
+    return (f"* Hangups with a stall of the machine of {STALL_MS:.0f} ms or more from 0.1 s "
+            f"before to 0.3 s after them (`testing.stalls`, a real-time thread that sleeps "
+            f"1 ms and wakes late): {counts}. callctl's slowest: {slow or '—'}.")
 
 
 def markdown(summary: dict[str, Any], plot_names: list[str]) -> str:

@@ -655,26 +655,24 @@ class JackObserver(TimedObserver):
     @property
     def skipped_frames(self) -> int:
         """Frames of JACK's timeline the observer was not called for (skipped cycles)."""
-        n, _ = self._snapshot()
-        if n < 2:
-            return 0
-        frames = self._cyc_frame[:n]
-        steps = (np.diff(frames) % (1 << 32)) - self._cyc_len[: n - 1]
-        return int(steps[steps > 0].sum())
+        return int(self._skips()[1].sum())
 
     def skipped_between(self, t_start: float, t_end: float) -> int:
         """Frames skipped just before the recorded cycles that start in ``[t_start,
         t_end]`` (s, monotonic): a splice in the recording of that span, where the
         dummy driver jumped ahead after a late wake-up. A measurement over the span
         is redone when this is not 0; a skip elsewhere does not touch it."""
+        starts, skipped = self._skips()
+        return int(skipped[(starts >= t_start) & (starts <= t_end)].sum())
+
+    def _skips(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+        """For each recorded cycle after the first: its start (s, monotonic) and the
+        frames skipped just before it (0 for none)."""
         n, _ = self._snapshot()
         if n < 2:
-            return 0
-        frames = self._cyc_frame[:n]
-        steps = (np.diff(frames) % (1 << 32)) - self._cyc_len[: n - 1]
-        starts = self._to_monotonic(self._cyc_start_us[1:n])
-        inside = (starts >= t_start) & (starts <= t_end) & (steps > 0)
-        return int(steps[inside].sum())
+            return np.zeros(0, np.float64), np.zeros(0, np.int64)
+        steps = (np.diff(self._cyc_frame[:n]) % (1 << 32)) - self._cyc_len[: n - 1]
+        return self._to_monotonic(self._cyc_start_us[1:n]), np.maximum(steps, 0)
 
     def latest_between(self, t_start: float, t_end: float) -> float:
         """The most (s) the observer's callback ran after its cycle's start, over the
